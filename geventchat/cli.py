@@ -1,0 +1,178 @@
+"""The ``geventchat`` command: ``serve``, ``connect`` and ``admin``.
+
+Argument parsing only; each subcommand hands off to the module that owns the work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import resource
+import sys
+from pathlib import Path
+
+from geventchat import __version__
+
+DEFAULT_PORT = 9999
+DEFAULT_ADMINS = Path("admins.json")
+
+
+def _positive(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def _non_negative(value: str) -> int:
+    n = int(value)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
+    return n
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the chat server",
+                       description="Run the chat server until SIGINT, SIGTERM or /shutdown.")
+    p.add_argument("--host", default="0.0.0.0",
+                   help="address to listen on (default: all interfaces)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT,
+                   help="TCP port (default: %(default)s; 0 picks a free one)")
+    p.add_argument("--history", type=Path, default=Path("history.txt"),
+                   help="history file (default: %(default)s)")
+    p.add_argument("--admins", type=Path, default=DEFAULT_ADMINS,
+                   help="admin accounts file (default: %(default)s)")
+    p.add_argument("--history-replay", type=_non_negative, default=100, metavar="N",
+                   help="history lines shown to newcomers (default: %(default)s)")
+    p.add_argument("--max-clients", type=_positive, default=1000, metavar="N",
+                   help="connections served at once (default: %(default)s)")
+    p.add_argument("--max-sendq", type=_positive, default=1 << 20, metavar="BYTES",
+                   help="output queued for a client that does not read before it is "
+                        "disconnected (default: %(default)s)")
+    p.add_argument("--max-line", type=_positive, default=4096, metavar="BYTES",
+                   help="longest accepted line (default: %(default)s)")
+    p.add_argument("--register-timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="close connections that send no name within this time "
+                        "(default: %(default)s)")
+    p.add_argument("--fsync", choices=("always", "interval", "never"), default="interval",
+                   help="when history appends are forced to disk (default: %(default)s)")
+    p.add_argument("--log-level", default="INFO",
+                   choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                   help="log verbosity on stderr (default: %(default)s)")
+
+
+def _add_connect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("connect", help="terminal client",
+                       description="Chat from this terminal (or a pipe).")
+    p.add_argument("host", nargs="?", default="127.0.0.1",
+                   help="server address (default: %(default)s)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT,
+                   help="server port (default: %(default)s)")
+    p.add_argument("--name", help="your name (asked for when not given)")
+
+
+def _add_admin(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("admin", help="manage admin accounts",
+                       description="Manage admin accounts (passwords are stored as salted "
+                                   "scrypt hashes, file mode 0600).")
+    actions = p.add_subparsers(dest="action", required=True)
+    for action, text in (("add", "add an admin or change its password"),
+                         ("remove", "remove an admin"), ("list", "list admins")):
+        a = actions.add_parser(action, help=text)
+        if action != "list":
+            a.add_argument("name")
+        a.add_argument("--admins", type=Path, default=DEFAULT_ADMINS,
+                       help="admin accounts file (default: %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="geventchat",
+                                     description="A self-hosted terminal chat server.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_serve(sub)
+    _add_connect(sub)
+    _add_admin(sub)
+    return parser
+
+
+def _raise_nofile() -> None:
+    """Each client is a file descriptor: lift the soft limit to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from geventchat.auth import AdminFileError
+    from geventchat.server import Settings, serve
+
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _raise_nofile()
+    settings = Settings(
+        host=args.host, port=args.port, history=args.history, admins=args.admins,
+        history_replay=args.history_replay, max_clients=args.max_clients,
+        max_sendq=args.max_sendq, max_line=args.max_line,
+        register_timeout=args.register_timeout, fsync=args.fsync,
+    )
+    try:
+        return serve(settings)
+    except AdminFileError as exc:
+        print(f"geventchat: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"geventchat: cannot listen on {args.host}:{args.port}: {exc.strerror}",
+              file=sys.stderr)
+        return 2
+
+
+def _read_new_password(name: str) -> str:
+    """Twice with hidden input on a terminal; one line from stdin otherwise (scripts)."""
+    if sys.stdin.isatty():
+        first = getpass.getpass(f"password for {name}: ")
+        if getpass.getpass("again: ") != first:
+            raise ValueError("passwords do not match")
+        return first
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def _admin(args: argparse.Namespace) -> int:
+    from geventchat.auth import AdminFileError, AdminStore
+    from geventchat.errors import ChatError
+    from geventchat.text import check_name
+
+    try:
+        store = AdminStore(args.admins)
+        if args.action == "list":
+            for name in store.names():
+                print(name)
+        elif args.action == "add":
+            name = check_name(args.name)
+            store.add(name, _read_new_password(name))
+            print(f"admin {args.name} saved in {args.admins}")
+        elif not store.remove(args.name):
+            print(f"geventchat: no admin named {args.name}", file=sys.stderr)
+            return 1
+        else:
+            print(f"admin {args.name} removed")
+    except (AdminFileError, ChatError, ValueError) as exc:
+        print(f"geventchat: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _connect(args: argparse.Namespace) -> int:
+    from geventchat.client import run
+
+    return run(args.host, args.port, args.name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"serve": _serve, "admin": _admin, "connect": _connect}[args.command]
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130

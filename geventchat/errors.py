@@ -1,0 +1,43 @@
+"""Coded chat errors.
+
+Handlers raise :class:`ChatError` for anything a peer did wrong; the connection layer turns
+it into an :class:`~geventchat.events.Error` event that each protocol renders its own way
+(``! text`` natively, a numeric for IRC). A peer's bad input never escapes as any other
+exception. The codes are stable identifiers, the texts are for humans.
+"""
+
+from __future__ import annotations
+
+from geventchat.events import Error
+
+# code -> default human text. Codes are what renderers map (IRC numerics come next).
+CODES: dict[str, str] = {
+    "invalid_name": "invalid name: names are 1-32 letters, digits, _ - or .",
+    "name_taken": "name taken",
+    "reserved_name": "that name belongs to an admin account",
+    "wrong_password": "wrong password",
+    "too_many_logins": "too many failed logins",
+    "no_such_user": "no such user",
+    "unknown_command": "unknown command",
+    "usage": "usage",
+    "permission_denied": "permission denied",
+    "line_too_long": "line too long",
+    "server_full": "server full",
+    "flood": "slow down",
+    "sendq": "sendq exceeded",
+}
+
+
+class ChatError(Exception):
+    """Something a peer did that we refuse, with a stable ``code`` and a human ``text``."""
+
+    def __init__(self, code: str, text: str | None = None) -> None:
+        if code not in CODES:
+            raise ValueError(f"unknown error code {code!r}")
+        self.code = code
+        self.text = text if text is not None else CODES[code]
+        super().__init__(self.text)
+
+    def event(self) -> Error:
+        """The protocol-neutral event the connection sends back to the offender."""
+        return Error(self.code, self.text)

@@ -1,0 +1,138 @@
+"""Protocol-neutral chat events.
+
+The hub, the rooms and the history carry these objects; each listener (the native line
+protocol today, IRC next) renders them into its own wire format at the edge. Nothing here
+knows any wire format, so a new protocol only needs a new renderer.
+
+Events are frozen dataclasses with ``__slots__``: they are created on the hot fan-out path
+and shared by every recipient, so they must be cheap and immutable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+
+def now() -> datetime:
+    """Event time: timezone-aware UTC, so history files are unambiguous across moves."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A chat line said by ``name`` in ``room``."""
+
+    name: str
+    text: str
+    room: str = "lobby"
+    time: datetime = field(default_factory=now)
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """``/me text``: an emote, stored like a message."""
+
+    name: str
+    text: str
+    room: str = "lobby"
+    time: datetime = field(default_factory=now)
+
+
+@dataclass(frozen=True, slots=True)
+class PrivateMessage:
+    """A message seen only by ``sender`` and ``target``; never stored."""
+
+    sender: str
+    target: str
+    text: str
+    time: datetime = field(default_factory=now)
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """``name`` entered ``room``."""
+
+    name: str
+    room: str = "lobby"
+    time: datetime = field(default_factory=now)
+
+
+@dataclass(frozen=True, slots=True)
+class Left:
+    """``name`` left ``room`` (quit, dropped connection or kick); ``reason`` may be empty."""
+
+    name: str
+    reason: str = ""
+    room: str = "lobby"
+    time: datetime = field(default_factory=now)
+
+
+@dataclass(frozen=True, slots=True)
+class Kicked:
+    """``name`` was removed by admin ``by``."""
+
+    name: str
+    by: str
+    reason: str = ""
+    room: str = "lobby"
+    time: datetime = field(default_factory=now)
+
+
+@dataclass(frozen=True, slots=True)
+class Renamed:
+    """``old`` is now called ``new``."""
+
+    old: str
+    new: str
+    time: datetime = field(default_factory=now)
+
+
+@dataclass(frozen=True, slots=True)
+class Cleared:
+    """The history of ``room`` was emptied by admin ``by``."""
+
+    by: str
+    room: str = "lobby"
+    time: datetime = field(default_factory=now)
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    """The server is stopping; every connection will be closed."""
+
+    reason: str
+    time: datetime = field(default_factory=now)
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Informational text for one client (``/who``, ``/help``, goodbye...)."""
+
+    text: str
+    time: datetime = field(default_factory=now)
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """The server waits for one line: ``what`` is ``"name"`` or ``"password"``."""
+
+    what: str
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """A coded error for one client. ``code`` is stable (see ``errors.py``); ``text`` is
+    the human reason. Each protocol maps the code (the native one prints ``! text``)."""
+
+    code: str
+    text: str
+
+
+#: Kinds that are written to the history file, with the class that carries each.
+STORED = {"message": Message, "action": Action, "cleared": Cleared}
+
+Event = (
+    Message | Action | PrivateMessage | Joined | Left | Kicked | Renamed | Cleared | Shutdown
+    | Notice | Prompt | Error
+)

@@ -1,0 +1,149 @@
+"""Per-client output: never waits on a peer.
+
+Fan-out calls :meth:`Output.write` for every member of a room. It tries one non-blocking
+``send`` on the raw socket; whatever the kernel refuses goes into a bounded backlog that an
+event-loop write watcher drains when the socket becomes writable. So a slow or dead reader
+costs the sender nothing but a failed ``send``, and overflows its own ``max_sendq`` bytes
+instead of anyone's latency (ergo's "SendQ exceeded", miniircd's write buffer).
+
+Order is kept: while a backlog exists, new data is appended behind it, never sent around it.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+
+import gevent
+from gevent.event import Event
+
+log = logging.getLogger(__name__)
+
+#: Default bound on bytes queued for one client that is not reading. 1 MiB is hundreds of
+#: screens of chat: a client that far behind is gone or hostile, not slow.
+MAX_SENDQ = 1 << 20
+
+_EV_WRITE = 2  # libev/libuv event mask for "writable"
+
+
+class Output:
+    """Bounded, ordered, non-blocking writer for one client socket.
+
+    ``on_dead(reason)`` is called once when the output gives up: the backlog passed ``limit``
+    (``"sendq exceeded"``) or the kernel refused the peer (``"write failed: ..."``). The
+    output is closed by then; the callback should arrange for the connection to end.
+    """
+
+    __slots__ = (
+        "_sock", "_raw", "_backlog", "_queued", "_limit", "_watcher", "_drained",
+        "closed", "on_dead", "sent_bytes",
+    )
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        limit: int = MAX_SENDQ,
+        on_dead: Callable[[str], None] | None = None,
+    ) -> None:
+        self._sock = sock
+        # gevent's socket wraps a real non-blocking socket; sending on it directly is the
+        # one place we want "fail instead of wait" semantics.
+        self._raw = getattr(sock, "_sock", sock)
+        self._backlog: list[bytes] = []
+        self._queued = 0
+        self._limit = limit
+        self._watcher = None
+        self._drained: Event | None = None
+        self.closed = False
+        self.on_dead = on_dead
+        self.sent_bytes = 0
+
+    @property
+    def queued(self) -> int:
+        """Bytes accepted but not yet handed to the kernel."""
+        return self._queued
+
+    def write(self, data: bytes) -> None:
+        """Queue ``data`` for the peer without ever blocking the caller."""
+        if self.closed:
+            return
+        if not self._queued:
+            try:
+                sent = self._raw.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                self._die(f"write failed: {exc.strerror or exc}")
+                return
+            self.sent_bytes += sent
+            if sent == len(data):
+                return
+            data = data[sent:]
+            self._start_watcher()
+        self._backlog.append(data)
+        self._queued += len(data)
+        if self._queued > self._limit:
+            self._die(f"sendq exceeded ({self._queued} bytes queued)")
+
+    def drain(self, timeout: float | None) -> bool:
+        """Wait (this greenlet only) until the backlog is empty; True if it emptied."""
+        if not self._queued or self.closed:
+            return not self._queued
+        if self._drained is None:
+            self._drained = Event()
+        return self._drained.wait(timeout)
+
+    def close(self) -> None:
+        """Drop anything queued and stop writing; the socket itself is the owner's."""
+        self.closed = True
+        self._backlog.clear()
+        self._queued = 0
+        self._stop_watcher()
+        if self._drained is not None:
+            self._drained.set()
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _start_watcher(self) -> None:
+        if self._watcher is None:
+            loop = gevent.get_hub().loop
+            self._watcher = loop.io(self._raw.fileno(), _EV_WRITE)
+        self._watcher.start(self._on_writable)
+
+    def _stop_watcher(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher.close()
+            self._watcher = None
+
+    def _on_writable(self) -> None:
+        """Event-loop callback: push as much of the backlog as the kernel takes."""
+        if self.closed:
+            return
+        data = b"".join(self._backlog) if len(self._backlog) > 1 else self._backlog[0]
+        try:
+            sent = self._raw.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._die(f"write failed: {exc.strerror or exc}")
+            return
+        self.sent_bytes += sent
+        if sent < len(data):
+            self._backlog = [data[sent:]]
+            self._queued = len(data) - sent
+            return
+        self._backlog = []
+        self._queued = 0
+        self._watcher.stop()
+        if self._drained is not None:
+            self._drained.set()
+            self._drained = None
+
+    def _die(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.close()
+        if self.on_dead is not None:
+            self.on_dead(reason)

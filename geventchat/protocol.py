@@ -1,0 +1,180 @@
+"""The native line protocol, sans-IO (see docs/PROTOCOL.md).
+
+Three pure pieces, no sockets and no gevent, in the style of h11:
+
+* :class:`LineDecoder` turns raw bytes, in chunks of any size, into text lines;
+* :func:`parse` turns one line into a :class:`Command`;
+* :data:`NATIVE` renders protocol-neutral events into wire bytes.
+
+The connection layer (``server.py``) only moves bytes between a socket and these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from geventchat import events as ev
+from geventchat.text import clean
+
+#: Longest accepted line in bytes, newline excluded. 4096 holds any sane chat line with room
+#: to spare and bounds what one peer can make us buffer.
+MAX_LINE: Final = 4096
+
+
+class LineTooLong:
+    """Marker yielded by the decoder in place of a line that exceeded the limit."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "TOO_LONG"
+
+
+TOO_LONG: Final = LineTooLong()
+
+
+class LineDecoder:
+    """Split a byte stream into text lines.
+
+    Accepts ``\\n`` and ``\\r\\n`` endings, partial reads and a last line without newline
+    (:meth:`close`). Invalid UTF-8 becomes U+FFFD. A line longer than ``limit`` bytes yields
+    :data:`TOO_LONG` once and its bytes are dropped up to the next newline, so the
+    connection survives and memory stays bounded by ``limit``.
+    """
+
+    __slots__ = ("_buf", "_limit", "_discarding")
+
+    def __init__(self, limit: int = MAX_LINE) -> None:
+        self._buf = b""
+        self._limit = limit
+        self._discarding = False
+
+    def feed(self, data: bytes) -> list[str | LineTooLong]:
+        """Add ``data``; return the complete lines it finished, in order."""
+        if self._buf:
+            data = self._buf + data
+        parts = data.split(b"\n")
+        self._buf = parts.pop()
+        out: list[str | LineTooLong] = []
+        for raw in parts:
+            if self._discarding:  # tail of a line already reported as too long
+                self._discarding = False
+                continue
+            out.append(self._decode(raw))
+        # +1: a pending line may end in the "\r" of a "\r\n" that isn't complete yet.
+        if len(self._buf) > self._limit + 1:
+            if not self._discarding:
+                out.append(TOO_LONG)
+                self._discarding = True
+            self._buf = b""
+        return out
+
+    def close(self) -> list[str | LineTooLong]:
+        """End of stream: a final line without a newline still counts."""
+        raw, self._buf = self._buf, b""
+        if not raw or self._discarding:
+            return []
+        return [self._decode(raw)]
+
+    def _decode(self, raw: bytes) -> str | LineTooLong:
+        if raw[-1:] == b"\r":
+            raw = raw[:-1]
+        if len(raw) > self._limit:
+            return TOO_LONG
+        return raw.decode("utf-8", "replace")
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One parsed client line.
+
+    ``name`` is ``"say"`` for chat text, otherwise the lower-cased command word (the bare
+    lines ``exit`` and ``clear`` become ``quit`` and ``clear``). ``arg`` is the rest of the
+    line, cleaned of control characters and stripped.
+    """
+
+    name: str
+    arg: str = ""
+
+
+#: Bare lines kept from the original chat, mapped to the commands they mean.
+_BARE: Final = {"exit": "quit", "clear": "clear"}
+
+
+def parse(line: str) -> Command | None:
+    """Parse one decoded line; ``None`` for a line that is empty after cleaning.
+
+    ``//text`` is the escape for chat text starting with ``/``. A lone ``/`` or ``/`` followed
+    by a space is an (unknown) command, never chat, so a mistyped command is never broadcast.
+    """
+    text = clean(line)
+    if not text.strip():
+        return None
+    if text[0] != "/":
+        bare = _BARE.get(text.strip().lower())
+        return Command(bare) if bare else Command("say", text)
+    if text.startswith("//"):
+        return Command("say", text[1:])
+    word, _, rest = text[1:].partition(" ")
+    return Command(word.lower(), rest.strip())
+
+
+def split_arg(arg: str) -> tuple[str, str]:
+    """Split ``"NAME rest of text"`` into ``("NAME", "rest of text")``."""
+    first, _, rest = arg.strip().partition(" ")
+    return first, rest.strip()
+
+
+# --- rendering ------------------------------------------------------------------------------
+
+
+def _reason(reason: str) -> str:
+    return f" ({reason})" if reason else ""
+
+
+def _render_kicked(e: ev.Kicked) -> str:
+    return f"* {e.name} was kicked by {e.by}" + (f": {e.reason}" if e.reason else "")
+
+
+# One function per event type: a dict lookup on type() is the cheapest dispatch on the
+# fan-out path. Every rendered line is a single line: user text was cleaned on input.
+_RENDERERS: Final = {
+    ev.Message: lambda e: f"{e.name}: {e.text}",
+    ev.Action: lambda e: f"* {e.name} {e.text}",
+    ev.PrivateMessage: lambda e: f"(private) {e.sender} -> {e.target}: {e.text}",
+    ev.Joined: lambda e: f"* {e.name} joined",
+    ev.Left: lambda e: f"* {e.name} left{_reason(e.reason)}",
+    ev.Kicked: _render_kicked,
+    ev.Renamed: lambda e: f"* {e.old} is now known as {e.new}",
+    ev.Cleared: lambda e: f"* history cleared by {e.by}",
+    ev.Shutdown: lambda e: f"* server shutting down: {e.reason}",
+    ev.Notice: lambda e: f"* {e.text}",
+    ev.Prompt: lambda e: f"? {e.what}:",
+    ev.Error: lambda e: f"! {e.text}",
+}
+
+
+class NativeRenderer:
+    """Renders events as native protocol lines. Stateless: one instance serves everyone."""
+
+    name = "native"
+
+    @staticmethod
+    def line(event: ev.Event) -> str:
+        """The event as one line of text, without newline."""
+        return _RENDERERS[type(event)](event)
+
+    @staticmethod
+    def render(event: ev.Event) -> bytes:
+        """The event as wire bytes."""
+        return (_RENDERERS[type(event)](event) + "\n").encode()
+
+    @staticmethod
+    def render_many(events: list[ev.Event]) -> bytes:
+        """A batch of events as one buffer: what one fan-out ``send`` carries."""
+        r = _RENDERERS
+        return ("\n".join([r[type(e)](e) for e in events]) + "\n").encode()
+
+
+NATIVE: Final = NativeRenderer()
