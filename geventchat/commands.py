@@ -58,7 +58,7 @@ def _who(hub: Hub, me: Session, arg: str) -> None:
 
 
 def _nick(hub: Hub, me: Session, arg: str) -> None:
-    new = check_name(split_arg(arg)[0])
+    new = check_name(arg)
     if new == me.name:
         return
     if hub.admins.is_admin(new) and name_key(new) != me.account:
