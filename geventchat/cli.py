@@ -9,6 +9,7 @@ import argparse
 import getpass
 import logging
 import resource
+import ssl
 import sys
 from pathlib import Path
 
@@ -55,8 +56,25 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--register-timeout", type=float, default=60.0, metavar="SECONDS",
                    help="close connections that send no name within this time "
                         "(default: %(default)s)")
+    p.add_argument("--idle-timeout", type=float, default=0.0, metavar="SECONDS",
+                   help="close connections silent for this long; 0 = never (default)")
+    p.add_argument("--max-per-ip", type=_non_negative, default=0, metavar="N",
+                   help="connections allowed from one address; 0 = no limit (default)")
+    p.add_argument("--rate-limit", type=float, default=3.0, metavar="LINES_PER_SEC",
+                   help="flood control: sustained lines/s per connection; 0 turns it off "
+                        "(default: %(default)s)")
+    p.add_argument("--rate-burst", type=_positive, default=10, metavar="N",
+                   help="flood control: lines allowed in a burst (default: %(default)s)")
     p.add_argument("--fsync", choices=("always", "interval", "never"), default="interval",
                    help="when history appends are forced to disk (default: %(default)s)")
+    p.add_argument("--history-max", type=_positive, default=None, metavar="N",
+                   help="keep at most about N records per history file, compacting "
+                        "atomically (default: unlimited)")
+    p.add_argument("--password-file", type=Path, metavar="FILE",
+                   help="require the password on this file's first line before the name")
+    p.add_argument("--tls-cert", type=Path, metavar="FILE", help="serve TLS with this "
+                   "certificate chain (PEM); needs --tls-key")
+    p.add_argument("--tls-key", type=Path, metavar="FILE", help="private key for --tls-cert")
     p.add_argument("--log-level", default="INFO",
                    choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                    help="log verbosity on stderr (default: %(default)s)")
@@ -115,12 +133,21 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, history=args.history, admins=args.admins,
         history_replay=args.history_replay, max_clients=args.max_clients,
         max_sendq=args.max_sendq, max_line=args.max_line,
-        register_timeout=args.register_timeout, fsync=args.fsync,
+        register_timeout=args.register_timeout, idle_timeout=args.idle_timeout,
+        max_per_ip=args.max_per_ip, rate_limit=args.rate_limit, rate_burst=args.rate_burst,
+        fsync=args.fsync, history_max=args.history_max, password_file=args.password_file,
+        tls_cert=args.tls_cert, tls_key=args.tls_key,
     )
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("geventchat: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
     try:
         return serve(settings)
-    except AdminFileError as exc:
+    except (AdminFileError, ValueError) as exc:
         print(f"geventchat: {exc}", file=sys.stderr)
+        return 2
+    except ssl.SSLError as exc:
+        print(f"geventchat: TLS certificate or key unusable: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"geventchat: cannot listen on {args.host}:{args.port}: {exc.strerror}",

@@ -25,6 +25,7 @@ CODES: dict[str, str] = {
     "server_full": "server full",
     "flood": "slow down",
     "sendq": "sendq exceeded",
+    "timeout": "timeout",
 }
 
 

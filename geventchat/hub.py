@@ -272,6 +272,12 @@ class Hub:
         if self.on_shutdown is not None:
             self.on_shutdown(reason)
 
+    def notify_admins(self, text: str) -> None:
+        """Tell every admin online (disk trouble and the like)."""
+        for session in self.sessions():
+            if session.is_admin:
+                session.send(ev.Notice(text))
+
     def broadcast_all(self, event: ev.Event) -> None:
         """Queue ``event`` in every room."""
         for room in self.rooms.values():

@@ -7,18 +7,20 @@ costs the sender nothing but a failed ``send``, and overflows its own ``max_send
 instead of anyone's latency (ergo's "SendQ exceeded", miniircd's write buffer).
 
 Order is kept: while a backlog exists, new data is appended behind it, never sent around it.
+
+TLS sockets can't be written around (bytes on the raw socket would bypass encryption), so
+for them the backlog is drained by a small writer greenlet through the TLS socket's own
+cooperative ``sendall`` instead: the same bound and ordering, a little more cost per line.
 """
 
 from __future__ import annotations
 
-import logging
 import socket
+import ssl
 from collections.abc import Callable
 
 import gevent
 from gevent.event import Event
-
-log = logging.getLogger(__name__)
 
 #: Default bound on bytes queued for one client that is not reading. 1 MiB is hundreds of
 #: screens of chat: a client that far behind is gone or hostile, not slow.
@@ -37,7 +39,7 @@ class Output:
 
     __slots__ = (
         "_sock", "_raw", "_backlog", "_queued", "_limit", "_watcher", "_drained",
-        "closed", "on_dead", "sent_bytes",
+        "closed", "on_dead", "sent_bytes", "_tls", "_greenlet",
     )
 
     def __init__(
@@ -58,6 +60,8 @@ class Output:
         self.closed = False
         self.on_dead = on_dead
         self.sent_bytes = 0
+        self._tls = isinstance(sock, ssl.SSLSocket)
+        self._greenlet: gevent.Greenlet | None = None
 
     @property
     def queued(self) -> int:
@@ -67,6 +71,9 @@ class Output:
     def write(self, data: bytes) -> None:
         """Queue ``data`` for the peer without ever blocking the caller."""
         if self.closed:
+            return
+        if self._tls:
+            self._queue_for_greenlet(data)
             return
         if not self._queued:
             try:
@@ -104,6 +111,31 @@ class Output:
             self._drained.set()
 
     # --- internals -----------------------------------------------------------------------
+
+    def _queue_for_greenlet(self, data: bytes) -> None:
+        self._backlog.append(data)
+        self._queued += len(data)
+        if self._queued > self._limit:
+            self._die(f"sendq exceeded ({self._queued} bytes queued)")
+        elif self._greenlet is None:
+            self._greenlet = gevent.spawn(self._write_loop)
+
+    def _write_loop(self) -> None:
+        """TLS only: drain the backlog with the socket's cooperative ``sendall``."""
+        try:
+            while self._backlog and not self.closed:
+                data = b"".join(self._backlog)
+                self._backlog = []
+                self._sock.sendall(data)
+                self.sent_bytes += len(data)
+                self._queued = max(0, self._queued - len(data))
+        except OSError as exc:
+            self._die(f"write failed: {exc.strerror or exc}")
+        finally:
+            self._greenlet = None
+            if not self._queued and self._drained is not None:
+                self._drained.set()
+                self._drained = None
 
     def _start_watcher(self) -> None:
         if self._watcher is None:

@@ -12,9 +12,13 @@ SIGINT or SIGTERM.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import signal
 import socket
+import ssl
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +30,7 @@ from gevent.server import StreamServer
 from geventchat import events as ev
 from geventchat.commands import dispatch
 from geventchat.errors import ChatError
+from geventchat.flood import BURST, RATE, FloodGate, Verdict
 from geventchat.hub import Hub, Session
 from geventchat.outbuf import MAX_SENDQ, Output
 from geventchat.protocol import MAX_LINE, NATIVE, TOO_LONG, LineDecoder, LineTooLong, parse
@@ -39,6 +44,11 @@ RECV_SIZE = 65536
 MAX_LOGIN_FAILURES = 3
 #: How long a closing connection may take to write its last lines (goodbye, shutdown).
 DRAIN_TIMEOUT = 2.0
+#: Seconds between sweeps for registration and idle timeouts: one greenlet checks every
+#: connection, instead of a timer each (50,000 idle clients must stay cheap).
+SWEEP_INTERVAL = 1.0
+#: TCP keepalive: first probe after 5 idle minutes, then every 30 s, give up after 4 misses.
+KEEPALIVE = (300, 30, 4)
 
 
 @dataclass
@@ -54,7 +64,15 @@ class Settings:
     max_sendq: int = MAX_SENDQ
     max_line: int = MAX_LINE
     register_timeout: float = 60.0
+    idle_timeout: float = 0.0  # 0: off (TCP keepalive still finds vanished peers)
+    max_per_ip: int = 0  # 0: no limit
+    rate_limit: float = RATE
+    rate_burst: int = BURST
     fsync: str = "interval"
+    history_max: int | None = None
+    password_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     stop_timeout: float = 5.0
 
 
@@ -65,6 +83,7 @@ class Connection:
         self.server = server
         self.hub = server.hub
         self.sock = sock
+        self.addr_ip = addr[0]
         self.addr = f"{addr[0]}:{addr[1]}"
         self.out = Output(sock, server.settings.max_sendq, on_dead=self._output_dead)
         self.decoder = LineDecoder(server.settings.max_line)
@@ -73,21 +92,21 @@ class Connection:
         self._failures = 0
         self._closing: str | None = None
         self._reader = gevent.getcurrent()
+        self._authorised = server.password_digest is None  # server password given?
+        settings = server.settings
+        self.flood = FloodGate(settings.rate_limit, settings.rate_burst)
+        self.created = self.last_active = time.monotonic()
 
     # --- life cycle ----------------------------------------------------------------------
 
     def run(self) -> None:
         """Handler body: greet, read until EOF or close, then leave and drain."""
-        timer = gevent.get_hub().loop.timer(self.server.settings.register_timeout)
-        timer.start(self._register_timeout)
         try:
-            self._send(ev.Prompt("name"))
+            self._send(ev.Prompt("name" if self._authorised else "server password"))
             self._read_loop()
         except Exception:  # a bug must cost one connection, never the server
             log.exception("connection %s failed", self.addr)
         finally:
-            timer.stop()
-            timer.close()
             self._finish()
 
     def _read_loop(self) -> None:
@@ -96,6 +115,7 @@ class Connection:
                 data = self.sock.recv(RECV_SIZE)
             except OSError:
                 return
+            self.last_active = time.monotonic()
             if not data:
                 self._handle(self.decoder.close())
                 return
@@ -109,6 +129,8 @@ class Connection:
         for line in lines:
             if self._closing is not None:
                 return
+            if self.flood.enabled and not self._throttle():
+                return
             if line is TOO_LONG:
                 self._send(ev.Error("line_too_long",
                                     f"line too long (max {self.server.settings.max_line} bytes)"))
@@ -117,6 +139,23 @@ class Connection:
                 self._on_line(line)
             except ChatError as exc:
                 self._send(exc.event())
+
+    def _throttle(self) -> bool:
+        """Apply flood control to one line; False if the connection is being closed."""
+        verdict = self.flood.check(time.monotonic())
+        if verdict is Verdict.OK:
+            return True
+        if verdict is Verdict.KICK:
+            log.warning("%s (%s) disconnected for flooding", self._who(), self.addr)
+            self._send(ev.Error("flood", "flooding: disconnected"))
+            self.close("flooding")
+            return False
+        if verdict is Verdict.SLOW_FIRST:
+            self._send(ev.Error("flood", f"slow down: at most {self.flood.rate:g} lines/s "
+                                         f"after a burst of {self.flood.burst}"))
+        # Stop reading this client for a moment: its lines wait in its own socket buffer.
+        gevent.sleep(self.flood.wait)
+        return self._closing is None
 
     def close(self, reason: str) -> None:
         """End this connection from any greenlet; pending output is still written."""
@@ -146,10 +185,17 @@ class Connection:
         log.warning("%s (%s): %s; disconnecting", self._who(), self.addr, reason)
         self.close(reason)
 
-    def _register_timeout(self) -> None:
-        if self.session is None and self._closing is None:
-            self._send(ev.Error("usage", "registration timeout"))
+    def expire(self, now: float) -> None:
+        """Called by the sweeper: enforce the registration and idle timeouts."""
+        settings = self.server.settings
+        if self._closing is not None:
+            return
+        if self.session is None and now - self.created > settings.register_timeout:
+            self._send(ev.Error("timeout", "registration timeout"))
             self.close("registration timeout")
+        elif settings.idle_timeout and now - self.last_active > settings.idle_timeout:
+            self._send(ev.Error("timeout", f"idle for {settings.idle_timeout:g} s"))
+            self.close("idle timeout")
 
     def _who(self) -> str:
         return self.session.name if self.session else "unregistered client"
@@ -167,6 +213,8 @@ class Connection:
             cmd = parse(line)
             if cmd is not None:
                 dispatch(self.hub, self.session, cmd)
+        elif not self._authorised:
+            self._on_server_password(line)
         elif self._pending_name is not None:
             self._on_password(line)
         else:
@@ -186,19 +234,37 @@ class Connection:
         else:
             self._register(name, None)
 
+    def _on_server_password(self, password: str) -> None:
+        if self.server.check_server_password(password):
+            self._authorised = True
+            self._send(ev.Prompt("name"))
+        elif self._login_failed("server password"):
+            self._send(ev.Error("wrong_password", "wrong server password"))
+            self._send(ev.Prompt("server password"))
+
     def _on_password(self, password: str) -> None:
         name, self._pending_name = self._pending_name, None
+        if not self.server.login_allowed(self.addr_ip):
+            self._send(ev.Error("too_many_logins", "too many failed logins; try again later"))
+            self.close("login rate limit")
+            return
         if self.hub.admins.verify(name, password):
             self._register(name, name_key(name))
             return
+        self.server.login_failed(self.addr_ip)
+        if self._login_failed(f"admin login for {name}"):
+            self._send(ev.Error("wrong_password", "wrong password"))
+            self._send(ev.Prompt("name"))
+
+    def _login_failed(self, what: str) -> bool:
+        """Count a failure; close after too many. True if the client may try again."""
         self._failures += 1
-        log.warning("failed admin login for %s from %s", name, self.addr)
-        if self._failures >= MAX_LOGIN_FAILURES:
-            self._send(ev.Error("too_many_logins", "too many failed logins"))
-            self.close("too many failed logins")
-            return
-        self._send(ev.Error("wrong_password", "wrong password"))
-        self._send(ev.Prompt("name"))
+        log.warning("failed %s from %s", what, self.addr)
+        if self._failures < MAX_LOGIN_FAILURES:
+            return True
+        self._send(ev.Error("too_many_logins", "too many failed logins"))
+        self.close("too many failed logins")
+        return False
 
     def _register(self, name: str, account: str | None) -> None:
         if self.hub.stopping:
@@ -213,21 +279,30 @@ class Connection:
         self.session = session
 
 
+#: Failed admin logins per IP before further attempts are refused, and for how long.
+LOGIN_FAILURES_PER_IP = 10
+LOGIN_PENALTY_WINDOW = 300.0
+
+
 class ChatServer:
-    """A configured server: listener, hub, histories, and the stop sequence."""
+    """A configured server: listener, hub, histories, limits, and the stop sequence."""
 
     def __init__(self, settings: Settings, hub: Hub) -> None:
         self.settings = settings
         self.hub = hub
         hub.on_shutdown = self.stop
         self.connections: set[Connection] = set()
+        self._per_ip: dict[str, int] = {}
+        self._login_failures: dict[str, list[float]] = {}
+        self.password_digest = _load_server_password(settings.password_file)
         # A few spare greenlets over max_clients so a full server can still answer
         # "server full" instead of silently not accepting (a full Pool stops accepting).
         self._pool = Pool(settings.max_clients + 16)
         self._server = StreamServer((settings.host, settings.port), self._handle,
-                                    spawn=self._pool)
+                                    spawn=self._pool, **_tls_args(settings))
         self._stopped = Event()
         self._stop_reason: str | None = None
+        self._sweeper: gevent.Greenlet | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -235,8 +310,10 @@ class ChatServer:
 
     def start(self) -> None:
         self._server.start()
+        self._sweeper = gevent.spawn(self._sweep_loop)
         host, port = self.address
-        log.info("geventchat listening on %s:%d", host, port)
+        tls = " (TLS)" if self.settings.tls_cert else ""
+        log.info("geventchat listening on %s:%d%s", host, port, tls)
 
     def serve_forever(self) -> None:
         """Start, wait for a stop request (signal or /shutdown), then stop gracefully."""
@@ -257,10 +334,65 @@ class ChatServer:
             self.hub.stopping = True
             self._stopped.set()
 
+    # --- admission ---------------------------------------------------------------------
+
+    def check_server_password(self, given: str) -> bool:
+        """Constant-time comparison of digests, so timing reveals nothing of the password."""
+        digest = hashlib.sha256(given.encode()).digest()
+        return hmac.compare_digest(digest, self.password_digest or b"")
+
+    def login_allowed(self, ip: str) -> bool:
+        """Admin logins are rate-limited per IP, across connections."""
+        now = time.monotonic()
+        recent = [t for t in self._login_failures.get(ip, ()) if now - t < LOGIN_PENALTY_WINDOW]
+        self._login_failures[ip] = recent
+        return len(recent) < LOGIN_FAILURES_PER_IP
+
+    def login_failed(self, ip: str) -> None:
+        self._login_failures.setdefault(ip, []).append(time.monotonic())
+
+    def _refusal(self, ip: str) -> str | None:
+        if self.hub.stopping:
+            return "server shutting down"
+        if len(self.connections) >= self.settings.max_clients:
+            return "server full"
+        if self.settings.max_per_ip and self._per_ip.get(ip, 0) >= self.settings.max_per_ip:
+            return f"too many connections from {ip}"
+        return None
+
+    def _handle(self, sock: socket.socket, addr: tuple) -> None:
+        _tune(sock)
+        conn = Connection(self, sock, addr)
+        refusal = self._refusal(conn.addr_ip)
+        if refusal is not None:
+            log.warning("refused %s: %s", conn.addr, refusal)
+            conn.out.write(NATIVE.render(ev.Error("server_full", refusal)))
+            conn.out.drain(DRAIN_TIMEOUT)
+            return
+        self.connections.add(conn)
+        self._per_ip[conn.addr_ip] = self._per_ip.get(conn.addr_ip, 0) + 1
+        try:
+            conn.run()
+        finally:
+            left = self._per_ip.pop(conn.addr_ip) - 1
+            if left:
+                self._per_ip[conn.addr_ip] = left
+
+    def _sweep_loop(self) -> None:
+        while True:
+            gevent.sleep(SWEEP_INTERVAL)
+            now = time.monotonic()
+            for conn in list(self.connections):
+                conn.expire(now)
+
+    # --- shutdown ----------------------------------------------------------------------
+
     def _shutdown(self) -> None:
         reason = self._stop_reason or "server stopped"
         log.info("shutting down: %s", reason)
         self._server.close()  # stop accepting at once
+        if self._sweeper is not None:
+            self._sweeper.kill()
         notice = NATIVE.render(ev.Shutdown(reason))
         self.hub.broadcast_all(ev.Shutdown(reason))
         self.hub.flush_all()
@@ -272,24 +404,37 @@ class ChatServer:
         self._server.stop(timeout=self.settings.stop_timeout)
         log.info("stopped")
 
-    def _handle(self, sock: socket.socket, addr: tuple) -> None:
-        _tune(sock)
-        conn = Connection(self, sock, addr)
-        if len(self.connections) >= self.settings.max_clients or self.hub.stopping:
-            conn.out.write(NATIVE.render(ev.Error("server_full", "server full")))
-            conn.out.drain(DRAIN_TIMEOUT)
-            return
-        self.connections.add(conn)
-        conn.run()
-
 
 def _tune(sock: socket.socket) -> None:
     """Batching is ours to do, not Nagle's; keepalive finds peers that vanished."""
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    except OSError:
+        idle, interval, count = KEEPALIVE
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
+    except (OSError, AttributeError):  # not every platform has the fine-grained options
         pass
+
+
+def _tls_args(settings: Settings) -> dict:
+    if not settings.tls_cert:
+        return {}
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(settings.tls_cert, settings.tls_key)
+    return {"ssl_context": ctx}
+
+
+def _load_server_password(path: Path | None) -> bytes | None:
+    """The server password's digest (the file's first line); None when no file is set."""
+    if path is None:
+        return None
+    password = path.read_text("utf-8").splitlines()[0] if path.stat().st_size else ""
+    if not password:
+        raise ValueError(f"password file {path} is empty")
+    return hashlib.sha256(password.encode()).digest()
 
 
 def build_hub(settings: Settings) -> Hub:
@@ -297,11 +442,16 @@ def build_hub(settings: Settings) -> Hub:
     from geventchat.auth import AdminStore
     from geventchat.history import History
 
+    hub: Hub
+
     def history_for(room: str) -> History:
         path = settings.history if room == "lobby" else _room_path(settings.history, room)
-        return History(path, replay=settings.history_replay, fsync=settings.fsync)
+        return History(path, replay=settings.history_replay, fsync=settings.fsync,
+                       max_records=settings.history_max,
+                       on_error=lambda text: hub.notify_admins(f"history: {text}"))
 
-    return Hub(history_for, AdminStore(settings.admins))
+    hub = Hub(history_for, AdminStore(settings.admins))
+    return hub
 
 
 def _room_path(lobby_path: Path, room: str) -> Path:
@@ -313,4 +463,3 @@ def serve(settings: Settings) -> int:
     server = ChatServer(settings, build_hub(settings))
     server.serve_forever()
     return 0
-

@@ -13,19 +13,31 @@ from tests.helpers import TIMEOUT, LineClient, ServerProcess, add_admin, wait_fo
 
 
 @pytest.fixture
-def srv(tmp_path):
-    s = ServerProcess(tmp_path).start()
-    yield s
-    s.kill()
+def make_srv(tmp_path):
+    """Factory for servers with extra flags; every one is killed at teardown."""
+    made: list[ServerProcess] = []
+
+    def make(*extra: str, start: bool = True) -> ServerProcess:
+        s = ServerProcess(tmp_path / f"s{len(made)}", *extra)
+        s.tmp.mkdir()
+        made.append(s)
+        return s.start() if start else s
+
+    yield make
+    for s in made:
+        s.kill()
 
 
 @pytest.fixture
-def admin_srv(tmp_path):
-    s = ServerProcess(tmp_path)
+def srv(make_srv):
+    return make_srv()
+
+
+@pytest.fixture
+def admin_srv(make_srv):
+    s = make_srv(start=False)
     add_admin(s.admins, "root", "s3cret-pw")
-    s.start()
-    yield s
-    s.kill()
+    return s.start()
 
 
 def history_text(srv: ServerProcess) -> str:
@@ -155,7 +167,8 @@ def test_private_message_to_unknown_user(srv):
     assert a.line() == "! no such user: nobody"
 
 
-def test_private_message_does_not_overtake_broadcasts(srv):
+def test_private_message_does_not_overtake_broadcasts(make_srv):
+    srv = make_srv("--rate-limit", "0")
     a, b = srv.connect("alice"), srv.connect("bob")
     lines = "".join(f"line {i}\n" for i in range(200)) + "/msg bob last\n"
     a.send(lines.encode())
@@ -246,22 +259,19 @@ def test_history_replay_for_late_joiner_and_after_restart(srv):
         ("message", "alice", f"msg {i}") for i in range(3)]
 
 
-def test_history_replay_is_limited(tmp_path):
-    srv = ServerProcess(tmp_path, "--history-replay", "2").start()
-    try:
-        a = srv.connect("alice")
-        for i in range(5):
-            a.send(f"n{i}")
-        a.expect("alice: n4")
-        assert LineClient(srv.port).login("bob") == ["alice: n3", "alice: n4"]
-    finally:
-        srv.kill()
+def test_history_replay_is_limited(make_srv):
+    srv = make_srv("--history-replay", "2")
+    a = srv.connect("alice")
+    for i in range(5):
+        a.send(f"n{i}")
+    a.expect("alice: n4")
+    assert LineClient(srv.port).login("bob") == ["alice: n3", "alice: n4"]
 
 
 def test_newcomer_gets_no_line_twice_and_none_lost(srv):
     """Lines said while someone joins are either replayed or live, exactly once."""
     srv.kill()
-    srv.extra = ["--history-replay", "100000"]
+    srv.extra = ["--history-replay", "100000", "--rate-limit", "0"]
     srv.start()
     a = srv.connect("alice")
     a.send("".join(f"n{i}\n" for i in range(3000)).encode())
@@ -283,16 +293,13 @@ def test_non_admin_clear_is_refused(srv):
     assert LineClient(srv.port).login("bob") == ["alice: keep me"]
 
 
-def test_corrupt_history_line_is_skipped(tmp_path):
-    srv = ServerProcess(tmp_path)
+def test_corrupt_history_line_is_skipped(make_srv):
+    srv = make_srv(start=False)
     srv.history.write_text('{"time": "2026-01-01T00:00:00+00:00", "kind": "message", '
                            '"name": "old", "text": "first"}\n{"torn": \n', "utf-8")
     srv.start()
-    try:
-        assert LineClient(srv.port).login("bob") == ["old: first"]
-        srv.wait_log("(?i)warn")
-    finally:
-        srv.kill()
+    assert LineClient(srv.port).login("bob") == ["old: first"]
+    srv.wait_log("(?i)warn")
 
 
 # --- admins --------------------------------------------------------------------------------
