@@ -31,6 +31,7 @@ class Spec:
     help: str
     words: int = 0
     admin: bool = False
+    op: bool = False  # room operators may use it too (for the room they are in)
 
 
 def _say(hub: Hub, me: Session, arg: str) -> None:
@@ -70,14 +71,14 @@ def _help(hub: Hub, me: Session, arg: str) -> None:
     lines = [ev.Notice("commands:")]
     for spec in COMMANDS.values():
         if spec.help and (me.is_admin or not spec.admin):
-            suffix = " (admins)" if spec.admin else ""
+            suffix = " (admins)" if spec.admin else " (operators)" if spec.op else ""
             lines.append(ev.Notice(f"  {spec.usage:<22} {spec.help}{suffix}"))
     lines.append(ev.Notice("  //text                 send text starting with /"))
     me.send_many(lines)
 
 
 def _quit(hub: Hub, me: Session, arg: str) -> None:
-    hub.unregister(me, ev.Left(me.name, arg, me.room.name))
+    hub.unregister(me, ev.Quit(me.name, arg))
     me.send(ev.Notice("goodbye"))
     me.disconnect("quit")
 
@@ -87,17 +88,59 @@ def _clear(hub: Hub, me: Session, arg: str) -> None:
 
 
 def _kick(hub: Hub, me: Session, arg: str) -> None:
+    """Admins disconnect NAME from the server; a room operator moves NAME out of the room."""
     name, reason = split_arg(arg)
     target = hub.find(name)
     if target is None:
         raise ChatError("no_such_user", f"no such user: {name}")
-    room = target.room
+    if me.is_admin:
+        kill(hub, target, me.name, reason)
+        return
+    room = me.room
+    if room.key not in target.rooms:
+        raise ChatError("no_such_user", f"{target.name} is not in {room.name}")
     event = ev.Kicked(target.name, me.name, reason, room.name)
-    # The kicked user sees the notice too, then loses the connection.
-    room.broadcast(event)
-    room.flush()
-    hub.unregister(target, None)
-    target.disconnect(f"kicked by {me.name}")
+    target.send(event)
+    hub.part(target, room, event)
+    hub.join(target, hub.lobby)
+
+
+def kill(hub: Hub, target: Session, by: str, reason: str) -> None:
+    """Disconnect ``target`` server-wide; it and everyone sharing a room see why."""
+    event = ev.Killed(target.name, by, reason)
+    target.send(event)
+    hub.unregister(target, event)
+    target.disconnect(f"kicked by {by}")
+
+
+def _join(hub: Hub, me: Session, arg: str) -> None:
+    name = check_name(arg)
+    old = me.room
+    if old is not None and old.key == name_key(name):
+        me.send(ev.Notice(f"you are already in {old.name}"))
+        return
+    room = hub.room(name)
+    if old is not None:
+        hub.part(me, old, ev.Left(me.name, f"to {room.name}", old.name))
+    hub.join(me, room)
+
+
+def _rooms(hub: Hub, me: Session, arg: str) -> None:
+    rooms = hub.active_rooms()
+    listing = ", ".join(f"{r.name} ({len(r.members)})" for r in rooms)
+    me.send(ev.Notice(f"rooms ({len(rooms)}): {listing}"))
+
+
+def _topic(hub: Hub, me: Session, arg: str) -> None:
+    room = me.room
+    if not arg:
+        text = f"topic of {room.name}: {room.topic}" if room.topic else f"{room.name} has no topic"
+        me.send(ev.Notice(text))
+        return
+    if room.topic_locked and not room.is_op(me):
+        raise ChatError("permission_denied",
+                        f"permission denied: only operators of {room.name} set its topic")
+    room.set_topic(me.name, "" if arg == "-" else arg)
 
 
 def _shutdown(hub: Hub, me: Session, arg: str) -> None:
@@ -111,9 +154,14 @@ COMMANDS: dict[str, Spec] = {
     "me": Spec(_me, "/me text", "action: * you text", words=1),
     "nick": Spec(_nick, "/nick NEW", "change your name", words=1),
     "help": Spec(_help, "/help", "this list"),
+    "join": Spec(_join, "/join ROOM", "go to ROOM (created on first join)", words=1),
+    "rooms": Spec(_rooms, "/rooms", "list rooms and how many are in each"),
+    "topic": Spec(_topic, "/topic [text|-]", "show or set (operators) the room's topic"),
     "quit": Spec(_quit, "/quit [reason]", "leave (also: exit)"),
-    "clear": Spec(_clear, "/clear", "empty the history (also: clear)", admin=True),
-    "kick": Spec(_kick, "/kick NAME [reason]", "disconnect NAME", words=1, admin=True),
+    "clear": Spec(_clear, "/clear", "empty this room's history (also: clear)", admin=True),
+    "kick": Spec(_kick, "/kick NAME [reason]",
+                 "disconnect NAME (admins); move NAME out of your room (operators)", words=1,
+                 op=True),
     "shutdown": Spec(_shutdown, "/shutdown [reason]", "stop the server", admin=True),
 }
 
@@ -123,8 +171,10 @@ def dispatch(hub: Hub, me: Session, cmd: Command) -> None:
     spec = COMMANDS.get(cmd.name)
     if spec is None:
         raise ChatError("unknown_command", f"unknown command: /{cmd.name} (try /help)")
-    if spec.admin and not me.is_admin:
-        raise ChatError("permission_denied", f"permission denied: /{cmd.name} is for admins")
+    allowed = me.is_admin or (spec.op and me.room is not None and me.room.is_op(me))
+    if (spec.admin or spec.op) and not allowed:
+        who = "admins and room operators" if spec.op else "admins"
+        raise ChatError("permission_denied", f"permission denied: /{cmd.name} is for {who}")
     if spec.words and len(cmd.arg.split(None, spec.words - 1)) < spec.words:
         raise ChatError("usage", f"usage: {spec.usage}")
     spec.handler(hub, me, cmd.arg)

@@ -60,7 +60,7 @@ class Joined:
 
 @dataclass(frozen=True, slots=True)
 class Left:
-    """``name`` left ``room`` (quit, dropped connection or kick); ``reason`` may be empty."""
+    """``name`` left ``room`` but stays connected (IRC PART, native ``/join`` elsewhere)."""
 
     name: str
     reason: str = ""
@@ -69,13 +69,44 @@ class Left:
 
 
 @dataclass(frozen=True, slots=True)
+class Quit:
+    """``name`` left the server (``/quit``, dropped connection, timeout); told once to each
+    user who shared a room with it."""
+
+    name: str
+    reason: str = ""
+    time: datetime = field(default_factory=now)
+
+
+@dataclass(frozen=True, slots=True)
 class Kicked:
-    """``name`` was removed by admin ``by``."""
+    """``name`` was removed from ``room`` by a room operator or admin ``by``."""
 
     name: str
     by: str
     reason: str = ""
     room: str = "lobby"
+    time: datetime = field(default_factory=now)
+
+
+@dataclass(frozen=True, slots=True)
+class Killed:
+    """``name`` was disconnected from the server by admin ``by`` (native ``/kick``, IRC
+    ``KILL``)."""
+
+    name: str
+    by: str
+    reason: str = ""
+    time: datetime = field(default_factory=now)
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    """``by`` set the topic of ``room`` to ``text`` (empty: cleared)."""
+
+    room: str
+    by: str
+    text: str
     time: datetime = field(default_factory=now)
 
 
@@ -133,6 +164,6 @@ class Error:
 STORED = {"message": Message, "action": Action, "cleared": Cleared}
 
 Event = (
-    Message | Action | PrivateMessage | Joined | Left | Kicked | Renamed | Cleared | Shutdown
-    | Notice | Prompt | Error
+    Message | Action | PrivateMessage | Joined | Left | Quit | Kicked | Killed | Topic | Renamed
+    | Cleared | Shutdown | Notice | Prompt | Error
 )

@@ -18,7 +18,7 @@ Ordering rules (each is a known batching trap):
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Protocol
 
 import gevent
@@ -31,17 +31,28 @@ from geventchat.text import name_key
 log = logging.getLogger(__name__)
 
 #: Name of the room every native client starts in.
-LOBBY = "lobby"
+LOBBY_NAME = "lobby"
 
 
 class Renderer(Protocol):
-    """What a protocol provides to the hub: events in, wire bytes out."""
+    """What a protocol provides to the hub: events in, wire bytes out.
+
+    ``shared`` renderers give every recipient the same bytes, so a batch is rendered once
+    for all of them; others (an IRC client without ``echo-message`` must not see its own
+    lines) are asked per recipient with ``render_for``.
+    """
 
     name: str
+    shared: bool
 
     def render(self, event: ev.Event) -> bytes: ...
 
     def render_many(self, events: list[ev.Event]) -> bytes: ...
+
+    def render_for(self, session: Session, events: list[ev.Event]) -> bytes: ...
+
+    def join_burst(self, session: Session, room: Room, replay: list[ev.Event],
+                   joined: ev.Joined) -> bytes: ...
 
 
 class HistoryStore(Protocol):
@@ -59,13 +70,15 @@ class HistoryStore(Protocol):
 
 
 class Session:
-    """A registered user: identity, rights, where they are, and how to reach them.
+    """A registered user: identity, rights, the rooms it is in, and how to reach it.
 
+    A native client is in one room at a time (``room``); an IRC client may be in many.
     The connection that owns the session supplies ``disconnect``, which ends it from any
     greenlet (kick, shutdown, overflow) after pending output is written.
     """
 
-    __slots__ = ("name", "key", "account", "room", "out", "proto", "addr", "disconnect")
+    __slots__ = ("name", "key", "account", "rooms", "out", "proto", "addr", "disconnect",
+                 "extra")
 
     def __init__(
         self,
@@ -80,42 +93,58 @@ class Session:
         self.key = name_key(name)
         # Key of the admin account this user logged in as; None for everyone else.
         self.account = account
-        self.room: Room | None = None
+        self.rooms: dict[str, Room] = {}
         self.out = out
         self.proto = proto
         self.addr = addr
         self.disconnect = disconnect
+        self.extra: dict[str, object] = {}  # per-protocol state (IRC: user, away...)
 
     @property
     def is_admin(self) -> bool:
         return self.account is not None
 
+    @property
+    def room(self) -> Room | None:
+        """The room a native client is in (the last one joined)."""
+        return next(reversed(self.rooms.values()), None)
+
     def send(self, event: ev.Event) -> None:
         """Deliver one event to this user only, after the broadcasts queued before it."""
-        if self.room is not None:
-            self.room.flush()
+        for room in self.rooms.values():
+            room.flush()
         self.out.write(self.proto.render(event))
 
     def send_many(self, events: list[ev.Event]) -> None:
         """Deliver several events to this user only, in one write."""
         if events:
-            if self.room is not None:
-                self.room.flush()
+            for room in self.rooms.values():
+                room.flush()
             self.out.write(self.proto.render_many(events))
+
+    def send_raw(self, data: bytes) -> None:
+        """Protocol-specific bytes (IRC numerics), ordered like :meth:`send`."""
+        for room in self.rooms.values():
+            room.flush()
+        self.out.write(data)
 
     def __repr__(self) -> str:
         return f"<Session {self.name}>"
 
 
 class Room:
-    """Members, history and the pending broadcast batch of one room."""
+    """Members, operators, topic, history and the pending broadcast batch of one room."""
 
     def __init__(self, name: str, history: HistoryStore) -> None:
         self.name = name
+        self.key = name_key(name)
         self.history = history
+        self.topic = ""
+        self.topic_locked = True  # IRC +t: only operators set the topic
         self.members: dict[str, Session] = {}
+        self.ops: set[str] = set()  # keys of room operators (admins are ops everywhere)
         # Members grouped by protocol so each batch is rendered once per protocol.
-        self._targets: dict[Renderer, dict[str, Output]] = {}
+        self._targets: dict[Renderer, dict[str, Session]] = {}
         self._pending: list[ev.Event] = []
         self._scheduled = False
         self._loop = gevent.get_hub().loop
@@ -140,10 +169,14 @@ class Room:
         if not events:
             return
         self._pending = []
-        for proto, outputs in self._targets.items():
-            data = proto.render_many(events)
-            for out in outputs.values():
-                out.write(data)
+        for proto, members in self._targets.items():
+            if proto.shared:
+                data = proto.render_many(events)
+                for member in members.values():
+                    member.out.write(data)
+            else:
+                for member in members.values():
+                    member.out.write(proto.render_for(member, events))
 
     def _flush_callback(self) -> None:
         self._scheduled = False
@@ -151,44 +184,64 @@ class Room:
 
     # --- membership ---------------------------------------------------------------------
 
+    def is_op(self, session: Session) -> bool:
+        return session.is_admin or session.key in self.ops
+
     def join(self, session: Session) -> None:
-        """Replay history to ``session``, add it, and announce it to everyone (itself too)."""
+        """Add ``session``: it reads the history and its own join; the others its join."""
+        if session.key in self.members:
+            return
         self.flush()
         replay = self.history.recent()
-        if replay:
-            session.out.write(session.proto.render_many(replay))
+        joined = ev.Joined(session.name, self.name)
+        if self.members:
+            self.broadcast(joined)
+            self.flush()  # to those already here; the newcomer gets it in its burst
+        elif self.name != LOBBY_NAME:
+            self.ops.add(session.key)  # the first in a new room runs it
         self.members[session.key] = session
-        self._targets.setdefault(session.proto, {})[session.key] = session.out
-        session.room = self
-        self.broadcast(ev.Joined(session.name, self.name))
+        self._targets.setdefault(session.proto, {})[session.key] = session
+        session.rooms[self.key] = self
+        session.out.write(session.proto.join_burst(session, self, replay, joined))
 
     def leave(self, session: Session, event: ev.Event | None) -> None:
-        """Remove ``session``; ``event`` (a Left or Kicked) is announced to those who stay."""
+        """Remove ``session``; ``event`` (Left, Kicked) is announced to those who stay."""
         self.flush()
-        self.members.pop(session.key, None)
-        outputs = self._targets.get(session.proto)
-        if outputs is not None:
-            outputs.pop(session.key, None)
-            if not outputs:
-                del self._targets[session.proto]
-        session.room = None
-        if event is not None:
+        self._remove(session)
+        if event is not None and self.members:
             self.broadcast(event)
+
+    def _remove(self, session: Session) -> None:
+        self.members.pop(session.key, None)
+        self.ops.discard(session.key)
+        members = self._targets.get(session.proto)
+        if members is not None:
+            members.pop(session.key, None)
+            if not members:
+                del self._targets[session.proto]
+        session.rooms.pop(self.key, None)
 
     def rekey(self, session: Session, old_key: str) -> None:
         """Keep the member maps in step with a rename."""
         self.flush()
         self.members.pop(old_key, None)
         self.members[session.key] = session
-        outputs = self._targets[session.proto]
-        outputs.pop(old_key, None)
-        outputs[session.key] = session.out
+        members = self._targets[session.proto]
+        members.pop(old_key, None)
+        members[session.key] = session
+        if old_key in self.ops:
+            self.ops.discard(old_key)
+            self.ops.add(session.key)
 
     def clear(self, by: str) -> None:
         """Empty the history (atomically, on disk too) and tell everyone."""
         event = ev.Cleared(by, self.name)
         self.history.clear(event)
         self.broadcast(event)
+
+    def set_topic(self, by: str, text: str) -> None:
+        self.topic = text
+        self.broadcast(ev.Topic(self.name, by, text))
 
     def names(self) -> list[str]:
         return sorted((s.name for s in self.members.values()), key=str.casefold)
@@ -216,16 +269,44 @@ class Hub:
         self.admins = admins
         self.users: dict[str, Session] = {}
         self.rooms: dict[str, Room] = {}
-        self.lobby = self.room(LOBBY)
+        self.lobby = self.room(LOBBY_NAME)
         self.stopping = False
         self.on_shutdown: Callable[[str], None] | None = None
 
+    # --- rooms ---------------------------------------------------------------------------
+
     def room(self, name: str) -> Room:
-        """The room called ``name``, created on first use."""
-        room = self.rooms.get(name)
+        """The room called ``name`` (a valid name), created on first use."""
+        key = name_key(name)
+        room = self.rooms.get(key)
         if room is None:
-            room = self.rooms[name] = Room(name, self._history_for(name))
+            room = self.rooms[key] = Room(name, self._history_for(name))
         return room
+
+    def find_room(self, name: str) -> Room | None:
+        return self.rooms.get(name_key(name))
+
+    def join(self, session: Session, room: Room) -> None:
+        room.join(session)
+
+    def part(self, session: Session, room: Room, event: ev.Event | None) -> None:
+        """Take ``session`` out of ``room``; drop the room from memory once it is empty."""
+        room.leave(session, event)
+        self._collect(room)
+
+    def _collect(self, room: Room) -> None:
+        if not room.members and room is not self.lobby:
+            room.flush()
+            del self.rooms[room.key]
+            room.history.close()
+
+    def active_rooms(self) -> list[Room]:
+        """The lobby and every room with someone in it, lobby first."""
+        rest = sorted((r for r in self.rooms.values() if r is not self.lobby and r.members),
+                      key=lambda r: r.key)
+        return [self.lobby, *rest]
+
+    # --- users ---------------------------------------------------------------------------
 
     def find(self, name: str) -> Session | None:
         return self.users.get(name_key(name))
@@ -236,47 +317,72 @@ class Hub:
         if other is not None and other is not me:
             raise ChatError("name_taken", f"name taken: {name}")
 
-    def register(self, session: Session, room: Room | None = None) -> None:
-        """Make ``session`` a user and put it in ``room`` (the lobby by default)."""
+    def register(self, session: Session, join_lobby: bool = True) -> None:
+        """Make ``session`` a user and (native clients) put it in the lobby."""
         self.check_free(session.name)
         self.users[session.key] = session
-        (room or self.lobby).join(session)
         log.info("%s joined from %s", session.name, session.addr)
+        if join_lobby:
+            self.lobby.join(session)
 
-    def unregister(self, session: Session, event: ev.Event | None) -> None:
-        """Remove ``session`` everywhere; ``event`` tells its room why (None: silently)."""
+    def unregister(self, session: Session, event: ev.Quit | ev.Killed | None) -> None:
+        """Remove ``session`` everywhere; ``event`` tells those who shared a room with it."""
         if self.users.get(session.key) is not session:
             return
+        if event is not None:
+            self.announce(session, event, include_self=False)
         del self.users[session.key]
-        if session.room is not None:
-            session.room.leave(session, event)
+        for room in list(session.rooms.values()):
+            room.leave(session, None)
+            self._collect(room)
         log.info("%s left", session.name)
 
     def rename(self, session: Session, new: str) -> None:
         """Change a user's name everywhere and announce it."""
         self.check_free(new, me=session)
         old, old_key = session.name, session.key
+        event = ev.Renamed(old, new)
+        self.announce(session, event, include_self=True)
         session.name, session.key = new, name_key(new)
         del self.users[old_key]
         self.users[session.key] = session
-        if session.room is not None:
-            session.room.rekey(session, old_key)
-            session.room.broadcast(ev.Renamed(old, new))
+        for room in session.rooms.values():
+            room.rekey(session, old_key)
         log.info("%s is now known as %s", old, new)
 
-    def sessions(self) -> Iterable[Session]:
-        return list(self.users.values())
+    def announce(self, session: Session, event: ev.Event, include_self: bool) -> None:
+        """Tell everyone who shares a room with ``session`` once, however many rooms
+        they share (IRC's NICK and QUIT), after what those rooms already queued."""
+        peers: dict[str, Session] = {}
+        for room in session.rooms.values():
+            room.flush()
+            peers.update(room.members)
+        if include_self:
+            peers[session.key] = session
+        else:
+            peers.pop(session.key, None)
+        rendered: dict[Renderer, bytes] = {}
+        for peer in peers.values():
+            data = rendered.get(peer.proto)
+            if data is None:
+                data = rendered[peer.proto] = peer.proto.render(event)
+            peer.out.write(data)
 
-    def request_shutdown(self, reason: str) -> None:
-        """Ask the server to stop (from ``/shutdown``); the server owns the sequence."""
-        if self.on_shutdown is not None:
-            self.on_shutdown(reason)
+    def sessions(self) -> list[Session]:
+        return list(self.users.values())
 
     def notify_admins(self, text: str) -> None:
         """Tell every admin online (disk trouble and the like)."""
         for session in self.sessions():
             if session.is_admin:
                 session.send(ev.Notice(text))
+
+    # --- server-wide ---------------------------------------------------------------------
+
+    def request_shutdown(self, reason: str) -> None:
+        """Ask the server to stop (from ``/shutdown``); the server owns the sequence."""
+        if self.on_shutdown is not None:
+            self.on_shutdown(reason)
 
     def broadcast_all(self, event: ev.Event) -> None:
         """Queue ``event`` in every room."""

@@ -133,8 +133,15 @@ def _reason(reason: str) -> str:
     return f" ({reason})" if reason else ""
 
 
-def _render_kicked(e: ev.Kicked) -> str:
-    return f"* {e.name} was kicked by {e.by}" + (f": {e.reason}" if e.reason else "")
+def _render_kicked(e: ev.Kicked | ev.Killed) -> str:
+    where = f" from {e.room}" if isinstance(e, ev.Kicked) and e.room != "lobby" else ""
+    return f"* {e.name} was kicked{where} by {e.by}" + (f": {e.reason}" if e.reason else "")
+
+
+def _render_topic(e: ev.Topic) -> str:
+    if e.text:
+        return f"* {e.by} set the topic of {e.room}: {e.text}"
+    return f"* {e.by} cleared the topic of {e.room}"
 
 
 # One function per event type: a dict lookup on type() is the cheapest dispatch on the
@@ -145,7 +152,10 @@ _RENDERERS: Final = {
     ev.PrivateMessage: lambda e: f"(private) {e.sender} -> {e.target}: {e.text}",
     ev.Joined: lambda e: f"* {e.name} joined",
     ev.Left: lambda e: f"* {e.name} left{_reason(e.reason)}",
+    ev.Quit: lambda e: f"* {e.name} left{_reason(e.reason)}",
     ev.Kicked: _render_kicked,
+    ev.Killed: _render_kicked,
+    ev.Topic: _render_topic,
     ev.Renamed: lambda e: f"* {e.old} is now known as {e.new}",
     ev.Cleared: lambda e: f"* history cleared by {e.by}",
     ev.Shutdown: lambda e: f"* server shutting down: {e.reason}",
@@ -156,9 +166,11 @@ _RENDERERS: Final = {
 
 
 class NativeRenderer:
-    """Renders events as native protocol lines. Stateless: one instance serves everyone."""
+    """Renders events as native protocol lines. Stateless: one instance serves everyone,
+    and every member of a room gets the same bytes (``shared``)."""
 
     name = "native"
+    shared = True
 
     @staticmethod
     def line(event: ev.Event) -> str:
@@ -175,6 +187,19 @@ class NativeRenderer:
         """A batch of events as one buffer: what one fan-out ``send`` carries."""
         r = _RENDERERS
         return ("\n".join([r[type(e)](e) for e in events]) + "\n").encode()
+
+    def render_for(self, session: object, events: list[ev.Event]) -> bytes:
+        return self.render_many(events)
+
+    def join_burst(self, session: object, room: object, replay: list[ev.Event],
+                   joined: ev.Joined) -> bytes:
+        """What a newcomer reads on entering a room: the history, then its own join
+        (and the topic, when one is set)."""
+        lines = [*replay, joined]
+        topic = getattr(room, "topic", "")
+        if topic:
+            lines.append(ev.Notice(f"topic of {joined.room}: {topic}"))
+        return self.render_many(lines)
 
 
 NATIVE: Final = NativeRenderer()

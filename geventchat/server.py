@@ -170,11 +170,11 @@ class Connection:
 
     def _finish(self) -> None:
         session = self.session
-        if session is not None and session.room is not None:
+        if session is not None:
             # Quit and kick have already unregistered the session with their own notice.
             reason = "" if self._closing is None else self._closing
-            left = None if self.hub.stopping else ev.Left(session.name, reason, session.room.name)
-            self.hub.unregister(session, left)
+            quit_ = None if self.hub.stopping else ev.Quit(session.name, reason)
+            self.hub.unregister(session, quit_)
         if not self.out.closed:
             self.out.drain(DRAIN_TIMEOUT)
         self.out.close()
@@ -199,6 +199,10 @@ class Connection:
 
     def _who(self) -> str:
         return self.session.name if self.session else "unregistered client"
+
+    def send(self, event: ev.Event) -> None:
+        """One event for this client only, in its protocol, in order with broadcasts."""
+        self._send(event)
 
     def _send(self, event: ev.Event) -> None:
         if self.session is not None:
@@ -393,12 +397,9 @@ class ChatServer:
         self._server.close()  # stop accepting at once
         if self._sweeper is not None:
             self._sweeper.kill()
-        notice = NATIVE.render(ev.Shutdown(reason))
-        self.hub.broadcast_all(ev.Shutdown(reason))
-        self.hub.flush_all()
+        event = ev.Shutdown(reason)
         for conn in list(self.connections):
-            if conn.session is None:
-                conn.out.write(notice)
+            conn.send(event)  # once each, after whatever their rooms had queued
             conn.close("server shutdown")
         self.hub.close_storage()
         self._server.stop(timeout=self.settings.stop_timeout)

@@ -348,7 +348,7 @@ def test_kick(admin_srv):
     root.expect("* alice was kicked by root: flooding")
     a2 = admin_srv.connect("bob")
     a2.send("/kick root")
-    assert a2.line() == "! permission denied: /kick is for admins"
+    assert a2.line() == "! permission denied: /kick is for admins and room operators"
 
 
 def test_shutdown_command(admin_srv):
@@ -377,3 +377,54 @@ def test_signals_shut_down_gracefully(srv, sig):
 
 def test_listening_address_is_logged(srv):
     assert wait_for(lambda: any(f"127.0.0.1:{srv.port}" in x for x in srv.log))
+
+
+# --- rooms ---------------------------------------------------------------------------------
+
+
+def test_rooms_separate_messages_who_and_history(srv):
+    a, b, c = srv.connect("alice"), srv.connect("bob"), srv.connect("carol")
+    a.expect("* carol joined")
+    a.send("/join dev")
+    b.expect("* alice left (to dev)")
+    assert a.expect("* alice joined") == ["* alice joined"]  # a new room: empty history
+    a.send("in dev")
+    a.expect("alice: in dev")
+    b.send("in lobby")
+    b.expect("bob: in lobby")
+    seen = c.expect("bob: in lobby")
+    assert "alice: in dev" not in seen
+    a.send("/who")
+    assert a.expect(re.compile(r"^\* online"))[-1] == "* online (1): alice"
+    a.send("/rooms")
+    assert a.expect(re.compile(r"^\* rooms"))[-1] == "* rooms (2): lobby (2), dev (1)"
+    b.send("/join DEV")
+    assert b.expect("* bob joined") == ["alice: in dev", "* bob joined"]
+    a.expect("* bob joined")
+    d = LineClient(srv.port)
+    assert d.login("dave") == ["bob: in lobby"]
+
+
+def test_room_operator_topic_and_kick(srv):
+    a, b = srv.connect("alice"), srv.connect("bob")
+    a.expect("* bob joined")
+    a.send("/join dev")
+    a.expect("* alice joined")
+    b.send("/join dev")
+    b.expect("* bob joined")
+    b.send("/topic bob rules")
+    assert b.expect(re.compile("^!"))[-1] == "! permission denied: only operators of dev set its topic"
+    a.send("/topic release friday")
+    b.expect("* alice set the topic of dev: release friday")
+    b.send("/kick alice")
+    assert b.expect(re.compile("^!"))[-1].startswith("! permission denied")
+    a.send("/kick bob off-topic")
+    b.expect("* bob was kicked from dev by alice: off-topic")
+    b.expect("* bob joined")  # back in the lobby, still connected
+    b.send("/who")
+    assert b.expect(re.compile(r"^\* online"))[-1] == "* online (1): bob"
+    c = LineClient(srv.port)
+    c.login("carol")
+    c.send("/join dev")
+    assert c.expect("* carol joined")[-1] == "* carol joined"
+    c.expect("* topic of dev: release friday")
