@@ -9,6 +9,7 @@ import argparse
 import getpass
 import logging
 import resource
+import socket
 import ssl
 import sys
 from pathlib import Path
@@ -75,6 +76,13 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tls-cert", type=Path, metavar="FILE", help="serve TLS with this "
                    "certificate chain (PEM); needs --tls-key")
     p.add_argument("--tls-key", type=Path, metavar="FILE", help="private key for --tls-cert")
+    p.add_argument("--irc-port", type=int, default=None, metavar="PORT",
+                   help="also listen for IRC alone on this port, e.g. 6667 (IRC clients can "
+                        "use --port too: the protocol is detected from the first line)")
+    p.add_argument("--server-name", default=socket.gethostname(), metavar="NAME",
+                   help="the server name IRC clients see (default: this host's name)")
+    p.add_argument("--motd", type=Path, metavar="FILE",
+                   help="message of the day shown to IRC clients (default: none, 422)")
     p.add_argument("--log-level", default="INFO",
                    choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                    help="log verbosity on stderr (default: %(default)s)")
@@ -136,7 +144,8 @@ def _serve(args: argparse.Namespace) -> int:
         register_timeout=args.register_timeout, idle_timeout=args.idle_timeout,
         max_per_ip=args.max_per_ip, rate_limit=args.rate_limit, rate_burst=args.rate_burst,
         fsync=args.fsync, history_max=args.history_max, password_file=args.password_file,
-        tls_cert=args.tls_cert, tls_key=args.tls_key,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, irc_port=args.irc_port,
+        server_name=args.server_name, motd=args.motd,
     )
     if bool(args.tls_cert) != bool(args.tls_key):
         print("geventchat: --tls-cert and --tls-key go together", file=sys.stderr)

@@ -19,7 +19,7 @@ import signal
 import socket
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gevent
@@ -51,6 +51,19 @@ SWEEP_INTERVAL = 1.0
 KEEPALIVE = (300, 30, 4)
 
 
+#: First words that mark an IRC client on the shared port. Each needs a parameter, and
+#: native names can't contain a space, so no native name line is ever mistaken for them.
+IRC_FIRST_WORDS = frozenset({"CAP", "NICK", "USER", "PASS"})
+
+
+def looks_like_irc(line: str | LineTooLong) -> bool:
+    """Whether a connection's first line is IRC registration (``NICK alice``...)."""
+    if not isinstance(line, str):
+        return False
+    word, sep, rest = line.partition(" ")
+    return bool(sep and rest.strip()) and word.upper() in IRC_FIRST_WORDS
+
+
 @dataclass
 class Settings:
     """Everything ``geventchat serve`` can be told; defaults are the documented ones."""
@@ -73,6 +86,9 @@ class Settings:
     password_file: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    irc_port: int | None = None
+    server_name: str = field(default_factory=socket.gethostname)
+    motd: Path | None = None
     stop_timeout: float = 5.0
 
 
@@ -83,6 +99,7 @@ class Connection:
         self.server = server
         self.hub = server.hub
         self.sock = sock
+        self.addr_tuple = addr
         self.addr_ip = addr[0]
         self.addr = f"{addr[0]}:{addr[1]}"
         self.out = Output(sock, server.settings.max_sendq, on_dead=self._output_dead)
@@ -93,6 +110,8 @@ class Connection:
         self._closing: str | None = None
         self._reader = gevent.getcurrent()
         self._authorised = server.password_digest is None  # server password given?
+        self._first_line = True
+        self.irc_lines: list[str | LineTooLong] | None = None  # set when IRC is detected
         settings = server.settings
         self.flood = FloodGate(settings.rate_limit, settings.rate_burst)
         self.created = self.last_active = time.monotonic()
@@ -107,7 +126,8 @@ class Connection:
         except Exception:  # a bug must cost one connection, never the server
             log.exception("connection %s failed", self.addr)
         finally:
-            self._finish()
+            if self.irc_lines is None:
+                self._finish()
 
     def _read_loop(self) -> None:
         while self._closing is None:
@@ -126,9 +146,15 @@ class Connection:
                 gevent.sleep(0)
 
     def _handle(self, lines: list[str | LineTooLong]) -> None:
-        for line in lines:
+        for i, line in enumerate(lines):
             if self._closing is not None:
                 return
+            if self._first_line and looks_like_irc(line):
+                # An IRC client: hand this line and the rest of the chunk to the IRC side.
+                self.irc_lines = lines[i:]
+                self._closing = "irc"
+                return
+            self._first_line = False
             if self.flood.enabled and not self._throttle():
                 return
             if line is TOO_LONG:
@@ -302,8 +328,13 @@ class ChatServer:
         # A few spare greenlets over max_clients so a full server can still answer
         # "server full" instead of silently not accepting (a full Pool stops accepting).
         self._pool = Pool(settings.max_clients + 16)
+        tls = _tls_args(settings)
         self._server = StreamServer((settings.host, settings.port), self._handle,
-                                    spawn=self._pool, **_tls_args(settings))
+                                    spawn=self._pool, **tls)
+        self._irc_server = None
+        if settings.irc_port is not None:
+            self._irc_server = StreamServer((settings.host, settings.irc_port), self._handle_irc,
+                                            spawn=self._pool, **tls)
         self._stopped = Event()
         self._stop_reason: str | None = None
         self._sweeper: gevent.Greenlet | None = None
@@ -312,12 +343,21 @@ class ChatServer:
     def address(self) -> tuple[str, int]:
         return self._server.address[:2]
 
+    @property
+    def irc_address(self) -> tuple[str, int] | None:
+        return self._irc_server.address[:2] if self._irc_server else None
+
     def start(self) -> None:
         self._server.start()
+        if self._irc_server is not None:
+            self._irc_server.start()
         self._sweeper = gevent.spawn(self._sweep_loop)
         host, port = self.address
         tls = " (TLS)" if self.settings.tls_cert else ""
         log.info("geventchat listening on %s:%d%s", host, port, tls)
+        if self._irc_server is not None:
+            host, port = self.irc_address
+            log.info("IRC listening on %s:%d%s", host, port, tls)
 
     def serve_forever(self) -> None:
         """Start, wait for a stop request (signal or /shutdown), then stop gracefully."""
@@ -377,10 +417,46 @@ class ChatServer:
         self._per_ip[conn.addr_ip] = self._per_ip.get(conn.addr_ip, 0) + 1
         try:
             conn.run()
+            if conn.irc_lines is not None:
+                self._run_irc(conn, conn.irc_lines)
         finally:
+            self.connections.discard(conn)
             left = self._per_ip.pop(conn.addr_ip) - 1
             if left:
                 self._per_ip[conn.addr_ip] = left
+
+    def _handle_irc(self, sock: socket.socket, addr: tuple) -> None:
+        """The IRC-only port: no native prompt, IRC from the first byte."""
+        _tune(sock)
+        conn = Connection(self, sock, addr)
+        refusal = self._refusal(conn.addr_ip)
+        if refusal is not None:
+            log.warning("refused %s: %s", conn.addr, refusal)
+            conn.out.write(f"ERROR :Closing link: {refusal}\r\n".encode())
+            conn.out.drain(DRAIN_TIMEOUT)
+            return
+        self.connections.add(conn)
+        self._per_ip[conn.addr_ip] = self._per_ip.get(conn.addr_ip, 0) + 1
+        try:
+            self._run_irc(conn, [])
+        finally:
+            self.connections.discard(conn)
+            left = self._per_ip.pop(conn.addr_ip) - 1
+            if left:
+                self._per_ip[conn.addr_ip] = left
+
+    def _run_irc(self, native: Connection, first_lines: list) -> None:
+        """Continue a connection as IRC (``ircconn``), reusing its socket state."""
+        from geventchat.ircconn import IrcConnection
+
+        self.connections.discard(native)
+        irc = IrcConnection(self, native.sock, native.addr_tuple, native.out, native.decoder,
+                            native.flood)
+        self.connections.add(irc)
+        try:
+            irc.run(first_lines)
+        finally:
+            self.connections.discard(irc)
 
     def _sweep_loop(self) -> None:
         while True:
@@ -395,6 +471,8 @@ class ChatServer:
         reason = self._stop_reason or "server stopped"
         log.info("shutting down: %s", reason)
         self._server.close()  # stop accepting at once
+        if self._irc_server is not None:
+            self._irc_server.close()
         if self._sweeper is not None:
             self._sweeper.kill()
         event = ev.Shutdown(reason)
