@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
-from prompt_toolkit.application import Application, create_app_session, get_app
+from prompt_toolkit.application import Application, get_app
 from prompt_toolkit.output import create_output
 from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.shortcuts import PromptSession
@@ -473,18 +473,18 @@ class PipeUi:
 class TtyUi:
     """Front end for a terminal: prompt_toolkit line editing, server lines above the prompt.
 
-    Incoming lines must never clobber the prompt, including in the short gap between two
-    prompts (right after Enter, exactly when the server echoes our own line).
-    ``patch_stdout`` alone loses that race: its writer thread decides "no prompt running,
-    write directly" and the next prompt is drawn before the write lands, leaving the line
-    glued to the new prompt. So every line goes through one lock-protected rule:
+    Incoming lines must never clobber the prompt, including in the gap between two prompts
+    (right after Enter, exactly when the server echoes our own line). ``patch_stdout``
+    decides "no prompt running, write directly" in its own thread, so a write can land just
+    after the next prompt was drawn and stick to it. So server lines take a lock-protected
+    path of their own:
 
-    * no prompt active: write it at once (the next prompt's ``pre_run`` waits for the lock);
-    * a prompt active: queue it and wake the prompt's event loop, which erases the prompt,
-      writes the queued lines and redraws the prompt with what the user typed;
+    * no prompt active: write at once (the next prompt's ``pre_run`` waits for the lock);
+    * a prompt active: queue the line and wake the prompt's event loop, which erases the
+      prompt, writes the queued lines and redraws the prompt with what the user typed;
     * a prompt finishing: whatever is still queued is written after its final render.
 
-    ``patch_stdout`` stays on as a safety net for anything else that prints.
+    ``patch_stdout`` stays on as the safety net for anything else that prints.
 
     Cursor position requests (CPR, ``ESC[6n``) are disabled: prompt_toolkit would otherwise
     wait on a terminal that may never answer (a pty under test, some serial consoles) and
@@ -506,9 +506,13 @@ class TtyUi:
 
     @contextmanager
     def active(self) -> Iterator[None]:
-        """Set up prompt_toolkit on our CPR-free output for the whole session."""
+        """Set up prompt_toolkit on our CPR-free output for the whole session.
+
+        No ``create_app_session`` here: ``patch_stdout``'s writer thread would not see it (a
+        thread starts with empty context variables) and would print over the prompt.
+        """
         # raw=True keeps escapes in stray prints; server text is cleaned in ``render``.
-        with create_app_session(output=self._output), patch_stdout(raw=True):
+        with patch_stdout(raw=True):
             self._chat_session = PromptSession(output=self._output)
             yield
         with self._lock:

@@ -146,6 +146,10 @@ class Room:
         # Members grouped by protocol so each batch is rendered once per protocol.
         self._targets: dict[Renderer, dict[str, Session]] = {}
         self._pending: list[ev.Event] = []
+        # Members who joined while a batch was pending: (session, events of the batch to
+        # skip). They got those lines in their history replay, or the lines predate them.
+        self._fresh: dict[str, tuple[Session, int]] = {}
+        self._writers: dict[Renderer, list[Callable[[bytes], None]]] | None = None
         self._scheduled = False
         self._loop = gevent.get_hub().loop
 
@@ -155,8 +159,11 @@ class Room:
         """Queue ``event`` for every member; it goes out at the end of this loop pass."""
         self._pending.append(event)
         if not self._scheduled:
-            self._scheduled = True
-            self._loop.run_callback(self._flush_callback)
+            self._schedule()
+
+    def _schedule(self) -> None:
+        self._scheduled = True
+        self._loop.run_callback(self._flush_callback)
 
     def say(self, event: ev.Message | ev.Action) -> None:
         """A stored line: history first (in memory at once), then everyone."""
@@ -166,17 +173,41 @@ class Room:
     def flush(self) -> None:
         """Render the pending batch once per protocol and hand it to every member."""
         events = self._pending
-        if not events:
-            return
-        self._pending = []
-        for proto, members in self._targets.items():
-            if proto.shared:
-                data = proto.render_many(events)
-                for member in members.values():
-                    member.out.write(data)
-            else:
-                for member in members.values():
-                    member.out.write(proto.render_for(member, events))
+        if events:
+            self._pending = []
+            writers = self._writers or self._build_writers()
+            for proto, members in self._targets.items():
+                if proto.shared:
+                    data = proto.render_many(events)
+                    for write in writers[proto]:
+                        write(data)
+                else:
+                    for member in members.values():
+                        member.out.write(proto.render_for(member, events))
+        if self._fresh:
+            self._admit(events)
+
+    def _build_writers(self) -> dict[Renderer, list[Callable[[bytes], None]]]:
+        """Bound ``write`` methods per protocol: the fan-out loop's cheapest form, rebuilt
+        only when membership changes."""
+        self._writers = {proto: [m.out.write for m in members.values()]
+                         for proto, members in self._targets.items()}
+        return self._writers
+
+    def _admit(self, events: list[ev.Event]) -> None:
+        """Newcomers get the part of the batch that came after their join, then become
+        ordinary fan-out targets."""
+        fresh, self._fresh = self._fresh, {}
+        self._writers = None
+        for key, (session, skip) in fresh.items():
+            if len(events) > skip:
+                session.out.write(session.proto.render_for(session, events[skip:]))
+            self._targets.setdefault(session.proto, {})[key] = session
+
+    def _unsent(self, session: Session) -> list[ev.Event]:
+        """Pending events that ``session`` has not received yet."""
+        entry = self._fresh.get(session.key)
+        return self._pending[entry[1]:] if entry else self._pending
 
     def _flush_callback(self) -> None:
         self._scheduled = False
@@ -188,31 +219,44 @@ class Room:
         return session.is_admin or session.key in self.ops
 
     def join(self, session: Session) -> None:
-        """Add ``session``: it reads the history and its own join; the others its join."""
+        """Add ``session``: it reads the history and its own join; the others its join.
+
+        No flush here, so a thousand joins in one loop pass cost one batch per member, not
+        a thousand: the newcomer skips the part of the pending batch that precedes it (those
+        lines are in its history replay already).
+        """
         if session.key in self.members:
             return
-        self.flush()
         replay = self.history.recent()
         joined = ev.Joined(session.name, self.name)
         if self.members:
             self.broadcast(joined)
-            self.flush()  # to those already here; the newcomer gets it in its burst
         elif self.name != LOBBY_NAME:
             self.ops.add(session.key)  # the first in a new room runs it
         self.members[session.key] = session
-        self._targets.setdefault(session.proto, {})[session.key] = session
         session.rooms[self.key] = self
+        self._fresh[session.key] = (session, len(self._pending))
+        if not self._scheduled:
+            self._schedule()
         session.out.write(session.proto.join_burst(session, self, replay, joined))
 
     def leave(self, session: Session, event: ev.Event | None) -> None:
-        """Remove ``session``; ``event`` (Left, Kicked) is announced to those who stay."""
-        self.flush()
+        """Remove ``session``; ``event`` (Left, Quit, Kicked) is announced to those who stay.
+
+        The leaver first gets what was said before it left, without flushing the batch for
+        everyone (a mass disconnect stays one batch per member).
+        """
+        unsent = self._unsent(session)
+        if unsent:
+            session.out.write(session.proto.render_for(session, unsent))
         self._remove(session)
         if event is not None and self.members:
             self.broadcast(event)
 
     def _remove(self, session: Session) -> None:
+        self._writers = None
         self.members.pop(session.key, None)
+        self._fresh.pop(session.key, None)
         self.ops.discard(session.key)
         members = self._targets.get(session.proto)
         if members is not None:
@@ -223,12 +267,13 @@ class Room:
 
     def rekey(self, session: Session, old_key: str) -> None:
         """Keep the member maps in step with a rename."""
-        self.flush()
+        self.flush()  # also admits newcomers, so the session is an ordinary target now
         self.members.pop(old_key, None)
         self.members[session.key] = session
         members = self._targets[session.proto]
         members.pop(old_key, None)
         members[session.key] = session
+        self._writers = None
         if old_key in self.ops:
             self.ops.discard(old_key)
             self.ops.add(session.key)
@@ -329,11 +374,11 @@ class Hub:
         """Remove ``session`` everywhere; ``event`` tells those who shared a room with it."""
         if self.users.get(session.key) is not session:
             return
-        if event is not None:
-            self.announce(session, event, include_self=False)
         del self.users[session.key]
+        # Batched per room like any line. An IRC user sharing several rooms with the
+        # leaver reads one QUIT per room; clients ignore the repeats for an unknown nick.
         for room in list(session.rooms.values()):
-            room.leave(session, None)
+            room.leave(session, event)
             self._collect(room)
         log.info("%s left", session.name)
 

@@ -39,7 +39,7 @@ class Output:
 
     __slots__ = (
         "_sock", "_raw", "_backlog", "_queued", "_limit", "_watcher", "_drained",
-        "closed", "on_dead", "sent_bytes", "_tls", "_greenlet",
+        "closed", "on_dead", "_tls", "_greenlet", "_direct", "_send",
     )
 
     def __init__(
@@ -59,8 +59,10 @@ class Output:
         self._drained: Event | None = None
         self.closed = False
         self.on_dead = on_dead
-        self.sent_bytes = 0
         self._tls = isinstance(sock, ssl.SSLSocket)
+        # True while a write may go straight to the kernel: plain socket, open, no backlog.
+        self._direct = not self._tls
+        self._send = self._raw.send
         self._greenlet: gevent.Greenlet | None = None
 
     @property
@@ -69,25 +71,29 @@ class Output:
         return self._queued
 
     def write(self, data: bytes) -> None:
-        """Queue ``data`` for the peer without ever blocking the caller."""
-        if self.closed:
-            return
-        if self._tls:
-            self._queue_for_greenlet(data)
-            return
-        if not self._queued:
+        """Queue ``data`` for the peer without ever blocking the caller.
+
+        This runs once per member per fan-out batch, so the common case (nothing queued,
+        the kernel takes it all) is one flag test and one ``send``.
+        """
+        if self._direct:
             try:
-                sent = self._raw.send(data)
+                sent = self._send(data)
             except BlockingIOError:
                 sent = 0
             except OSError as exc:
                 self._die(f"write failed: {exc.strerror or exc}")
                 return
-            self.sent_bytes += sent
             if sent == len(data):
                 return
             data = data[sent:]
+            self._direct = False
             self._start_watcher()
+        elif self.closed:
+            return
+        elif self._tls:
+            self._queue_for_greenlet(data)
+            return
         self._backlog.append(data)
         self._queued += len(data)
         if self._queued > self._limit:
@@ -104,6 +110,7 @@ class Output:
     def close(self) -> None:
         """Drop anything queued and stop writing; the socket itself is the owner's."""
         self.closed = True
+        self._direct = False
         self._backlog.clear()
         self._queued = 0
         self._stop_watcher()
@@ -127,7 +134,6 @@ class Output:
                 data = b"".join(self._backlog)
                 self._backlog = []
                 self._sock.sendall(data)
-                self.sent_bytes += len(data)
                 self._queued = max(0, self._queued - len(data))
         except OSError as exc:
             self._die(f"write failed: {exc.strerror or exc}")
@@ -161,13 +167,13 @@ class Output:
         except OSError as exc:
             self._die(f"write failed: {exc.strerror or exc}")
             return
-        self.sent_bytes += sent
         if sent < len(data):
             self._backlog = [data[sent:]]
             self._queued = len(data) - sent
             return
         self._backlog = []
         self._queued = 0
+        self._direct = True
         self._watcher.stop()
         if self._drained is not None:
             self._drained.set()

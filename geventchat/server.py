@@ -47,6 +47,9 @@ DRAIN_TIMEOUT = 2.0
 #: Seconds between sweeps for registration and idle timeouts: one greenlet checks every
 #: connection, instead of a timer each (50,000 idle clients must stay cheap).
 SWEEP_INTERVAL = 1.0
+#: Pending connections the kernel may hold: a crowd reconnecting after a restart must not
+#: overflow it (each overflow costs a client a 1 s SYN retry). The kernel caps it at somaxconn.
+LISTEN_BACKLOG = 4096
 #: TCP keepalive: first probe after 5 idle minutes, then every 30 s, give up after 4 misses.
 KEEPALIVE = (300, 30, 4)
 
@@ -208,8 +211,14 @@ class Connection:
         log.debug("connection %s closed (%s)", self.addr, self._closing or "eof")
 
     def _output_dead(self, reason: str) -> None:
-        log.warning("%s (%s): %s; disconnecting", self._who(), self.addr, reason)
-        self.close(reason)
+        # A full sendq is the server's decision and worth a warning; a peer that vanished
+        # mid-write is an ordinary disconnect.
+        if reason.startswith("sendq"):
+            log.warning("%s (%s): %s; disconnecting", self._who(), self.addr, reason)
+            self.close("sendq exceeded")
+        else:
+            log.debug("%s (%s): %s", self._who(), self.addr, reason)
+            self.close("")  # others see a plain "left", as for any dropped connection
 
     def expire(self, now: float) -> None:
         """Called by the sweeper: enforce the registration and idle timeouts."""
@@ -330,11 +339,11 @@ class ChatServer:
         self._pool = Pool(settings.max_clients + 16)
         tls = _tls_args(settings)
         self._server = StreamServer((settings.host, settings.port), self._handle,
-                                    spawn=self._pool, **tls)
+                                    spawn=self._pool, backlog=LISTEN_BACKLOG, **tls)
         self._irc_server = None
         if settings.irc_port is not None:
             self._irc_server = StreamServer((settings.host, settings.irc_port), self._handle_irc,
-                                            spawn=self._pool, **tls)
+                                            spawn=self._pool, backlog=LISTEN_BACKLOG, **tls)
         self._stopped = Event()
         self._stop_reason: str | None = None
         self._sweeper: gevent.Greenlet | None = None
