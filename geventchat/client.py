@@ -154,12 +154,15 @@ def colour_enabled(stream: object) -> bool:
 
 
 def is_quit(line: str) -> bool:
-    """Whether the user's ``line`` asks the server to end the session (``/quit``, ``exit``)."""
-    stripped = line.strip()
-    if stripped.lower() == "exit":
+    """Whether the server will end the session on ``line`` (``/quit [reason]``, ``exit``).
+
+    Mirrors the server's parser exactly (a leading space makes ``/quit`` chat), so we never
+    wait for a close that is not coming.
+    """
+    text = clean(line)
+    if text.strip().lower() == "exit":
         return True
-    word = stripped.split(maxsplit=1)[0].lower() if stripped else ""
-    return word == "/quit"
+    return text.startswith("/") and text[1:].partition(" ")[0].lower() == "quit"
 
 
 def prompt_label(line: str) -> str:
@@ -266,7 +269,7 @@ class Session:
         self.registered = False
         self.user_quit = False
         self.kicked = False
-        self.shutdown: str | None = None
+        self.last_line: str | None = None  # a shutdown notice here means the server stopped
 
     def start(self) -> None:
         """Start reading; lines are shown from now on."""
@@ -279,17 +282,19 @@ class Session:
             while data := self._sock.recv(RECV_SIZE):
                 for line in splitter.feed(data):
                     self._on_line(line)
+            tail = splitter.rest()
+            if tail:
+                self._on_line(tail)
         except OSError:
             pass  # reset or closed under us: the same as an orderly close for the user
-        tail = splitter.rest()
-        if tail:
-            self._on_line(tail)
-        self._closed.set()
-        self._events.put(_CLOSED_EVENT)
-        self._ui.interrupt()
+        finally:  # whatever happened, the main thread must learn that reading is over
+            self._closed.set()
+            self._events.put(_CLOSED_EVENT)
+            self._ui.interrupt()
 
     def _on_line(self, line: str) -> None:
-        """Track registration, renames, kicks and shutdown; show the line."""
+        """Track registration, renames and kicks; show the line."""
+        self.last_line = line
         kind = classify(line)
         if kind is Kind.PROMPT and not self.registered:
             self._events.put(line)
@@ -310,8 +315,6 @@ class Session:
             self.name = change[1]
         elif same_name(kicked_name(line), self.name) and self.registered:
             self.kicked = True
-        elif (reason := shutdown_reason(line)) is not None:
-            self.shutdown = reason
 
     def next_event(self) -> str:
         """Block for the next registration event; raise ConnectionGone when closed."""
@@ -348,7 +351,10 @@ class Session:
         """0 if the user left; otherwise why the server ended the session."""
         if self.user_quit:
             return EXIT_OK
-        if self.shutdown is not None:
+        # The shutdown notice is the server's last word, so only the last line counts: a
+        # user named ``server`` can say ``/me shutting down: ...`` (and the history keeps it
+        # for every newcomer), but can't close our connection right after it.
+        if self.last_line is not None and shutdown_reason(self.last_line) is not None:
             return EXIT_SHUTDOWN
         if self.kicked:
             return EXIT_KICKED
@@ -448,17 +454,21 @@ class PipeUi:
 
     def show(self, text: str) -> None:
         """Write and flush one line, so a consumer sees it at once."""
+        data = (text + "\n").encode("utf-8", errors="replace")  # the wire's encoding, always
         with self._out_lock:
             try:
-                sys.stdout.write(text + "\n")
-                sys.stdout.flush()
-            except (BrokenPipeError, ValueError):
+                sys.stdout.buffer.write(data)
+                sys.stdout.buffer.flush()
+            except (OSError, ValueError):
                 pass  # nobody is reading our output any more; keep the session going
 
     def interrupt(self) -> None:
         """Wake a pending :meth:`ask` through the wake-up pipe."""
         self._gone = True
-        os.write(self._wake_w, b"x")
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass  # the session is over and the pipe already closed
 
     @contextmanager
     def active(self) -> Iterator[None]:

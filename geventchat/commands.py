@@ -102,7 +102,8 @@ def _kick(hub: Hub, me: Session, arg: str) -> None:
     event = ev.Kicked(target.name, me.name, reason, room.name)
     target.send(event)
     hub.part(target, room, event)
-    hub.join(target, hub.lobby)
+    if not target.rooms and target.proto.name == "native":
+        hub.join(target, hub.lobby)  # a native client is always somewhere
 
 
 def kill(hub: Hub, target: Session, by: str, reason: str) -> None:

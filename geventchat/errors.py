@@ -14,7 +14,7 @@ from geventchat.events import Error
 CODES: dict[str, str] = {
     "invalid_name": "invalid name: names are 1-32 letters, digits, _ - or .",
     "name_taken": "name taken",
-    "reserved_name": "that name belongs to an admin account",
+    "reserved_name": "that name is reserved",
     "wrong_password": "wrong password",
     "too_many_logins": "too many failed logins",
     "no_such_user": "no such user",

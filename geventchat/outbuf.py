@@ -20,6 +20,7 @@ import ssl
 from collections.abc import Callable
 
 import gevent
+import gevent.ssl
 from gevent.event import Event
 
 #: Default bound on bytes queued for one client that is not reading. 1 MiB is hundreds of
@@ -59,7 +60,8 @@ class Output:
         self._drained: Event | None = None
         self.closed = False
         self.on_dead = on_dead
-        self._tls = isinstance(sock, ssl.SSLSocket)
+        # gevent's SSLSocket is not a subclass of the stdlib's; check for either.
+        self._tls = isinstance(sock, ssl.SSLSocket | gevent.ssl.SSLSocket)
         # True while a write may go straight to the kernel: plain socket, open, no backlog.
         self._direct = not self._tls
         self._send = self._raw.send

@@ -43,11 +43,13 @@ class LineDecoder:
     connection survives and memory stays bounded by ``limit``.
     """
 
-    __slots__ = ("_buf", "_limit", "_discarding")
+    __slots__ = ("_buf", "limit", "_discarding")
 
     def __init__(self, limit: int = MAX_LINE) -> None:
         self._buf = b""
-        self._limit = limit
+        #: Longest accepted line in bytes; may change mid-stream (IRC allows longer lines
+        #: with tags than the native protocol).
+        self.limit = limit
         self._discarding = False
 
     def feed(self, data: bytes) -> list[str | LineTooLong]:
@@ -63,7 +65,7 @@ class LineDecoder:
                 continue
             out.append(self._decode(raw))
         # +1: a pending line may end in the "\r" of a "\r\n" that isn't complete yet.
-        if len(self._buf) > self._limit + 1:
+        if len(self._buf) > self.limit + 1:
             if not self._discarding:
                 out.append(TOO_LONG)
                 self._discarding = True
@@ -80,7 +82,7 @@ class LineDecoder:
     def _decode(self, raw: bytes) -> str | LineTooLong:
         if raw[-1:] == b"\r":
             raw = raw[:-1]
-        if len(raw) > self._limit:
+        if len(raw) > self.limit:
             return TOO_LONG
         return raw.decode("utf-8", "replace")
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import gevent
+import gevent.ssl
 from gevent.event import Event
 from gevent.pool import Pool
 from gevent.server import StreamServer
@@ -47,6 +48,18 @@ DRAIN_TIMEOUT = 2.0
 #: Seconds between sweeps for registration and idle timeouts: one greenlet checks every
 #: connection, instead of a timer each (50,000 idle clients must stay cheap).
 SWEEP_INTERVAL = 1.0
+#: After a full-size read, pause this long so the loop polls everyone else. ``sleep(0)`` is
+#: not enough: it only runs callbacks, so a socket that is always readable would starve all
+#: I/O (other clients, the history writer's thread results). Yielding after every read
+#: would cost latency; after a full read only, it caps one client at ~64 KiB per pass.
+YIELD_PAUSE = 0.0002
+
+
+def yield_to_others() -> None:
+    """Let the event loop poll for I/O before this greenlet reads again."""
+    gevent.sleep(YIELD_PAUSE)
+
+
 #: Pending connections the kernel may hold: a crowd reconnecting after a restart must not
 #: overflow it (each overflow costs a client a 1 s SYN retry). The kernel caps it at somaxconn.
 LISTEN_BACKLOG = 4096
@@ -144,9 +157,7 @@ class Connection:
                 return
             self._handle(self.decoder.feed(data))
             if len(data) == RECV_SIZE:
-                # A client whose socket is always readable would otherwise never let the
-                # loop run anyone else; yielding after every read would cost latency.
-                gevent.sleep(0)
+                yield_to_others()
 
     def _handle(self, lines: list[str | LineTooLong]) -> None:
         for i, line in enumerate(lines):
@@ -287,10 +298,13 @@ class Connection:
             self._send(ev.Error("too_many_logins", "too many failed logins; try again later"))
             self.close("login rate limit")
             return
+        # Counted as a failure before the (slow) check, so concurrent attempts can't all
+        # slip under the per-IP limit; a success takes it back.
+        self.server.login_failed(self.addr_ip)
         if self.hub.admins.verify(name, password):
+            self.server.login_succeeded(self.addr_ip)
             self._register(name, name_key(name))
             return
-        self.server.login_failed(self.addr_ip)
         if self._login_failed(f"admin login for {name}"):
             self._send(ev.Error("wrong_password", "wrong password"))
             self._send(ev.Prompt("name"))
@@ -337,13 +351,15 @@ class ChatServer:
         # A few spare greenlets over max_clients so a full server can still answer
         # "server full" instead of silently not accepting (a full Pool stops accepting).
         self._pool = Pool(settings.max_clients + 16)
-        tls = _tls_args(settings)
+        # TLS is wrapped by hand in the handler (not by StreamServer) so the handshake gets
+        # the registration deadline.
+        self._tls = _tls_context(settings)
         self._server = StreamServer((settings.host, settings.port), self._handle,
-                                    spawn=self._pool, backlog=LISTEN_BACKLOG, **tls)
+                                    spawn=self._pool, backlog=LISTEN_BACKLOG)
         self._irc_server = None
         if settings.irc_port is not None:
             self._irc_server = StreamServer((settings.host, settings.irc_port), self._handle_irc,
-                                            spawn=self._pool, backlog=LISTEN_BACKLOG, **tls)
+                                            spawn=self._pool, backlog=LISTEN_BACKLOG)
         self._stopped = Event()
         self._stop_reason: str | None = None
         self._sweeper: gevent.Greenlet | None = None
@@ -404,6 +420,12 @@ class ChatServer:
     def login_failed(self, ip: str) -> None:
         self._login_failures.setdefault(ip, []).append(time.monotonic())
 
+    def login_succeeded(self, ip: str) -> None:
+        """Take back the failure counted before a check that then succeeded."""
+        failures = self._login_failures.get(ip)
+        if failures:
+            failures.pop()
+
     def _refusal(self, ip: str) -> str | None:
         if self.hub.stopping:
             return "server shutting down"
@@ -414,45 +436,53 @@ class ChatServer:
         return None
 
     def _handle(self, sock: socket.socket, addr: tuple) -> None:
+        """The main port: native protocol, or IRC when the first line says so."""
+        self._serve(sock, addr, irc=False)
+
+    def _handle_irc(self, sock: socket.socket, addr: tuple) -> None:
+        """The IRC-only port: no native prompt, IRC from the first byte."""
+        self._serve(sock, addr, irc=True)
+
+    def _serve(self, sock: socket.socket, addr: tuple, irc: bool) -> None:
         _tune(sock)
+        if self._tls is not None:
+            sock = self._handshake(sock, addr)
+            if sock is None:
+                return
         conn = Connection(self, sock, addr)
         refusal = self._refusal(conn.addr_ip)
         if refusal is not None:
             log.warning("refused %s: %s", conn.addr, refusal)
-            conn.out.write(NATIVE.render(ev.Error("server_full", refusal)))
+            conn.out.write(f"ERROR :Closing link: ({refusal})\r\n".encode() if irc
+                           else NATIVE.render(ev.Error("server_full", refusal)))
             conn.out.drain(DRAIN_TIMEOUT)
             return
         self.connections.add(conn)
         self._per_ip[conn.addr_ip] = self._per_ip.get(conn.addr_ip, 0) + 1
         try:
-            conn.run()
-            if conn.irc_lines is not None:
-                self._run_irc(conn, conn.irc_lines)
+            if irc:
+                self._run_irc(conn, [])
+            else:
+                conn.run()
+                if conn.irc_lines is not None:
+                    self._run_irc(conn, conn.irc_lines)
         finally:
             self.connections.discard(conn)
             left = self._per_ip.pop(conn.addr_ip) - 1
             if left:
                 self._per_ip[conn.addr_ip] = left
 
-    def _handle_irc(self, sock: socket.socket, addr: tuple) -> None:
-        """The IRC-only port: no native prompt, IRC from the first byte."""
-        _tune(sock)
-        conn = Connection(self, sock, addr)
-        refusal = self._refusal(conn.addr_ip)
-        if refusal is not None:
-            log.warning("refused %s: %s", conn.addr, refusal)
-            conn.out.write(f"ERROR :Closing link: {refusal}\r\n".encode())
-            conn.out.drain(DRAIN_TIMEOUT)
-            return
-        self.connections.add(conn)
-        self._per_ip[conn.addr_ip] = self._per_ip.get(conn.addr_ip, 0) + 1
+    def _handshake(self, sock: socket.socket, addr: tuple) -> socket.socket | None:
+        """TLS handshake in this greenlet, bounded by the registration timeout, so a peer
+        that connects and says nothing can't hold a slot forever."""
+        tls = self._tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         try:
-            self._run_irc(conn, [])
-        finally:
-            self.connections.discard(conn)
-            left = self._per_ip.pop(conn.addr_ip) - 1
-            if left:
-                self._per_ip[conn.addr_ip] = left
+            gevent.with_timeout(self.settings.register_timeout, tls.do_handshake)
+        except (gevent.Timeout, OSError) as exc:  # ssl.SSLError is an OSError
+            log.info("TLS handshake with %s:%s failed: %s", addr[0], addr[1],
+                     exc or "timeout")
+            return None
+        return tls
 
     def _run_irc(self, native: Connection, first_lines: list) -> None:
         """Continue a connection as IRC (``ircconn``), reusing its socket state."""
@@ -506,13 +536,14 @@ def _tune(sock: socket.socket) -> None:
         pass
 
 
-def _tls_args(settings: Settings) -> dict:
+def _tls_context(settings: Settings) -> ssl.SSLContext | None:
     if not settings.tls_cert:
-        return {}
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        return None
+    # gevent's context makes gevent's cooperative SSLSocket; the stdlib's would block the loop.
+    ctx = gevent.ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(settings.tls_cert, settings.tls_key)
-    return {"ssl_context": ctx}
+    return ctx
 
 
 def _load_server_password(path: Path | None) -> bytes | None:

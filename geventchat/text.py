@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import lru_cache
+
+from confusable_homoglyphs import categories, confusables
 
 from geventchat.errors import ChatError
 
@@ -23,6 +26,37 @@ _BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 # Category Cc is C0 (ESC included), DEL and C1; a tab becomes a space first.
 _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f" + _BIDI + "]")
 _NAME_EXTRA = frozenset("_-.")
+
+# Unicode's Default_Ignorable_Code_Point ranges (DerivedCoreProperties.txt): characters
+# that render as nothing. Some are letters or marks (U+3164 HANGUL FILLER is Lo, U+034F
+# and the variation selectors are Mn), so the category rule alone would admit them.
+_IGNORABLE = (
+    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160),
+    (0x17B4, 0x17B5), (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E),
+    (0x2060, 0x206F), (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
+)
+_BLANK = 0x2800  # BRAILLE PATTERN BLANK: a symbol, but it looks like a space
+
+
+def _invisible(ch: str) -> bool:
+    cp = ord(ch)
+    return cp == _BLANK or any(lo <= cp <= hi for lo, hi in _IGNORABLE)
+
+# Scripts that are written together; any other mix of scripts in one name is refused,
+# because mixing is how look-alikes are made ("аlice" with a Cyrillic а).
+_SCRIPT_FAMILIES = (
+    frozenset({"HAN", "HIRAGANA", "KATAKANA"}),
+    frozenset({"HAN", "HANGUL"}),
+    frozenset({"HAN", "BOPOMOFO"}),
+)
+_NEUTRAL_SCRIPTS = frozenset({"COMMON", "INHERITED"})
+
+#: Names that would let a user's ``/me`` line pass for a server notice
+#: (``* server shutting down: ...``, ``* history cleared by ...``, ``* online (3): ...``).
+RESERVED_NAMES = frozenset({"server", "history", "online", "rooms", "topic", "commands",
+                            "goodbye", "you"})
 
 
 def clean(text: str) -> str:
@@ -56,9 +90,48 @@ def check_name(raw: str) -> str:
     name = unicodedata.normalize("NFKC", raw.strip())
     if not 1 <= len(name) <= NAME_MAX or not all(_name_char_ok(c) for c in name):
         raise ChatError("invalid_name")
+    if any(_invisible(c) for c in name):
+        raise ChatError("invalid_name", "invalid name: it contains an invisible character")
+    if not _one_script(name):
+        raise ChatError("invalid_name", "invalid name: letters from one script only")
+    if _latin_lookalike(name):
+        raise ChatError("invalid_name", "invalid name: it looks like a Latin name")
+    if name.casefold() in RESERVED_NAMES:
+        raise ChatError("reserved_name", f"that name is reserved: {name}")
     return name
 
 
+def _one_script(name: str) -> bool:
+    scripts = set(categories.unique_aliases(name)) - _NEUTRAL_SCRIPTS
+    return len(scripts) <= 1 or any(scripts <= family for family in _SCRIPT_FAMILIES)
+
+
+def _latin_lookalike(name: str) -> bool:
+    """A non-Latin name every letter of which has a Latin double (``сосо`` in Cyrillic):
+    a whole-script confusable, refused because it can pass for someone else."""
+    letters = [c for c in name if c.isalpha()]
+    if not letters or "LATIN" in categories.unique_aliases(name):
+        return False
+    hits = confusables.is_confusable(name, greedy=True, preferred_aliases=["latin"]) or []
+    doubled = {h["character"] for h in hits
+               if any(g["n"].startswith("LATIN") for g in h["homoglyphs"])}
+    return all(c in doubled for c in letters)
+
+
 def name_key(name: str) -> str:
-    """Identity of a name: NFKC then casefold, so ``Alice`` and ``ALICE`` are one user."""
-    return unicodedata.normalize("NFKC", name).casefold()
+    """Identity of a name, so look-alikes are one user: NFKC, casefold, then letters that
+    are confusable with Latin ones (Cyrillic ``а``, Greek ``ο``...) replaced by those."""
+    return _skeleton(unicodedata.normalize("NFKC", name).casefold())
+
+
+@lru_cache(maxsize=8192)
+def _skeleton(folded: str) -> str:
+    if folded.isascii():
+        return folded
+    hits = confusables.is_confusable(folded, greedy=True, preferred_aliases=["latin"]) or []
+    table = {}
+    for hit in hits:
+        latin = [g["c"] for g in hit["homoglyphs"] if g["n"].startswith("LATIN")]
+        if latin:
+            table[hit["character"]] = latin[0]
+    return "".join(table.get(c, c) for c in folded).casefold()

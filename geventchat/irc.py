@@ -1,0 +1,603 @@
+"""The IRC protocol, sans-IO: line codec, CTCP, numerics and the renderer of chat events.
+
+Like :mod:`geventchat.protocol`, nothing here touches a socket or a greenlet:
+
+* :class:`IrcDecoder` turns bytes (or lines a :class:`~geventchat.protocol.LineDecoder`
+  already split) into :class:`IrcLine` objects, enforcing the 512-byte limit of RFC 1459
+  and the IRCv3 tag limit;
+* :func:`parse_line` / :func:`format_line` are the message grammar of the modern IRC
+  client protocol (tags, source, command, middle parameters, trailing parameter);
+* :class:`IrcRenderer` turns the protocol-neutral events of :mod:`geventchat.events` into
+  IRC lines, so IRC users and native users see each other's actions, each in their own
+  protocol. ``ircconn`` is the only place that moves these bytes to and from a socket.
+
+Grammar (https://modern.ircdocs.horse/#message-format, RFC 1459 2.3.1, IRCv3 message-tags)::
+
+    message  = ["@" tags SPACE] [":" source SPACE] command *(SPACE middle) [SPACE ":" trailing]
+
+Limits: the part after the tags is at most 512 bytes *including* CRLF; tags add at most
+8191 bytes (IRCv3). Longer input is answered with ``417 ERR_INPUTTOOLONG``; longer output
+(a 4096-byte native chat line) is split into several PRIVMSGs, never truncated.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, ClassVar, Final
+
+from geventchat import events as ev
+from geventchat.protocol import TOO_LONG, LineDecoder, LineTooLong
+from geventchat.text import clean
+
+if TYPE_CHECKING:
+    from geventchat.hub import Room, Session
+
+#: Bytes of one message without its tags, CRLF included (RFC 1459 2.3).
+MAX_BODY: Final = 512
+#: Bytes of the tag section, ``@`` and the trailing space included (IRCv3 message-tags).
+MAX_TAGS: Final = 8191
+#: The body without CRLF: what a rendered line may carry after its tags.
+BODY_ROOM: Final = MAX_BODY - 2
+
+# --- numerics (RFC 1459 / 2812, modern.ircdocs.horse) ----------------------------------------
+RPL_WELCOME: Final = "001"
+RPL_YOURHOST: Final = "002"
+RPL_CREATED: Final = "003"
+RPL_MYINFO: Final = "004"
+RPL_ISUPPORT: Final = "005"
+RPL_UMODEIS: Final = "221"
+RPL_LUSERCLIENT: Final = "251"
+RPL_LUSEROP: Final = "252"
+RPL_LUSERCHANNELS: Final = "254"
+RPL_LUSERME: Final = "255"
+RPL_AWAY: Final = "301"
+RPL_USERHOST: Final = "302"
+RPL_ISON: Final = "303"
+RPL_UNAWAY: Final = "305"
+RPL_NOWAWAY: Final = "306"
+RPL_WHOISUSER: Final = "311"
+RPL_WHOISSERVER: Final = "312"
+RPL_WHOISOPERATOR: Final = "313"
+RPL_ENDOFWHO: Final = "315"
+RPL_WHOISIDLE: Final = "317"
+RPL_ENDOFWHOIS: Final = "318"
+RPL_WHOISCHANNELS: Final = "319"
+RPL_LISTSTART: Final = "321"
+RPL_LIST: Final = "322"
+RPL_LISTEND: Final = "323"
+RPL_CHANNELMODEIS: Final = "324"
+RPL_CREATIONTIME: Final = "329"
+RPL_NOTOPIC: Final = "331"
+RPL_TOPIC: Final = "332"
+RPL_VERSION: Final = "351"
+RPL_WHOREPLY: Final = "352"
+RPL_NAMREPLY: Final = "353"
+RPL_ENDOFNAMES: Final = "366"
+RPL_ENDOFBANLIST: Final = "368"
+RPL_INFO: Final = "371"
+RPL_MOTD: Final = "372"
+RPL_ENDOFINFO: Final = "374"
+RPL_MOTDSTART: Final = "375"
+RPL_ENDOFMOTD: Final = "376"
+RPL_YOUREOPER: Final = "381"
+RPL_TIME: Final = "391"
+ERR_NOSUCHNICK: Final = "401"
+ERR_NOSUCHCHANNEL: Final = "403"
+ERR_CANNOTSENDTOCHAN: Final = "404"
+ERR_TOOMANYCHANNELS: Final = "405"
+ERR_TOOMANYTARGETS: Final = "407"
+ERR_NOORIGIN: Final = "409"
+ERR_INVALIDCAPCMD: Final = "410"
+ERR_NORECIPIENT: Final = "411"
+ERR_NOTEXTTOSEND: Final = "412"
+ERR_INPUTTOOLONG: Final = "417"
+ERR_UNKNOWNCOMMAND: Final = "421"
+ERR_NOMOTD: Final = "422"
+ERR_NONICKNAMEGIVEN: Final = "431"
+ERR_ERRONEUSNICKNAME: Final = "432"
+ERR_NICKNAMEINUSE: Final = "433"
+ERR_USERNOTINCHANNEL: Final = "441"
+ERR_NOTONCHANNEL: Final = "442"
+ERR_NOTREGISTERED: Final = "451"
+ERR_NEEDMOREPARAMS: Final = "461"
+ERR_ALREADYREGISTERED: Final = "462"
+ERR_PASSWDMISMATCH: Final = "464"
+ERR_UNKNOWNMODE: Final = "472"
+ERR_NOPRIVILEGES: Final = "481"
+ERR_CHANOPRIVSNEEDED: Final = "482"
+ERR_UMODEUNKNOWNFLAG: Final = "501"
+ERR_USERSDONTMATCH: Final = "502"
+ERR_HELPNOTFOUND: Final = "524"
+RPL_HELPSTART: Final = "704"
+RPL_HELPTXT: Final = "705"
+RPL_ENDOFHELP: Final = "706"
+
+
+class IrcError(Exception):
+    """A numeric reply that refuses a client's command (``461``, ``482``...).
+
+    Command handlers raise it; the connection renders it once, in one place, as
+    ``:server CODE <nick> PARAMS :text`` (h11's "errors say whose fault it was": this is
+    always the peer's). ``params`` are the middle parameters after the client's nick.
+    """
+
+    def __init__(self, code: str, *params: str, text: str) -> None:
+        super().__init__(f"{code} {' '.join(params)} :{text}")
+        self.code = code
+        self.params = params
+        self.text = text
+
+
+# --- the line grammar ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IrcLine:
+    """One parsed IRC message. ``command`` is upper-cased; ``params`` include the trailing
+    parameter (without its ``:``) as the last element."""
+
+    command: str
+    params: tuple[str, ...] = ()
+    source: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def param(self, i: int, default: str = "") -> str:
+        return self.params[i] if i < len(self.params) else default
+
+
+_TAG_UNESCAPE: Final = {":": ";", "s": " ", "\\": "\\", "r": "\r", "n": "\n"}
+_TAG_ESCAPE: Final = {";": "\\:", " ": "\\s", "\\": "\\\\", "\r": "\\r", "\n": "\\n"}
+
+
+def unescape_tag(value: str) -> str:
+    """IRCv3 tag value unescaping: ``\\:`` is ``;``, ``\\s`` a space; an unknown escape is
+    the character itself and a lone trailing backslash is dropped."""
+    if "\\" not in value:
+        return value
+    out: list[str] = []
+    chars = iter(value)
+    for ch in chars:
+        if ch != "\\":
+            out.append(ch)
+            continue
+        nxt = next(chars, "")
+        out.append(_TAG_UNESCAPE.get(nxt, nxt))
+    return "".join(out)
+
+
+def escape_tag(value: str) -> str:
+    return "".join(_TAG_ESCAPE.get(ch, ch) for ch in value)
+
+
+def parse_tags(raw: str) -> dict[str, str]:
+    """``a=1;+b;c=x\\sy`` -> ``{"a": "1", "+b": "", "c": "x y"}``; a later duplicate wins."""
+    tags: dict[str, str] = {}
+    for item in raw.split(";"):
+        if item:
+            key, _, value = item.partition("=")
+            tags[key] = unescape_tag(value)
+    return tags
+
+
+def format_tags(tags: dict[str, str]) -> str:
+    """The ``@...`` section (without its space); a key with an empty value is bare."""
+    return "@" + ";".join(f"{k}={escape_tag(v)}" if v else k for k, v in tags.items())
+
+
+def parse_line(line: str) -> IrcLine | None:
+    """Parse one line (without CRLF); ``None`` for a line with no command (empty, or only
+    tags and a source). Spaces between parameters may repeat, as servers and clients in the
+    wild send them; a parameter starting with ``:`` is the trailing one."""
+    rest = line
+    tags: dict[str, str] = {}
+    if rest.startswith("@"):
+        raw_tags, _, rest = rest[1:].partition(" ")
+        tags = parse_tags(raw_tags)
+    rest = rest.lstrip(" ")
+    source = None
+    if rest.startswith(":"):
+        source, _, rest = rest[1:].partition(" ")
+        rest = rest.lstrip(" ")
+    command, _, rest = rest.partition(" ")
+    if not command:
+        return None
+    params: list[str] = []
+    while rest:
+        rest = rest.lstrip(" ")
+        if not rest:
+            break
+        if rest[0] == ":":
+            params.append(rest[1:])
+            break
+        param, _, rest = rest.partition(" ")
+        params.append(param)
+    return IrcLine(command.upper(), tuple(params), source, tags)
+
+
+def _safe(text: str) -> str:
+    """No CR, LF or NUL may reach the wire inside a parameter: they would end the line and
+    let whoever supplied the text inject a second one."""
+    if "\r" in text or "\n" in text or "\0" in text:
+        return text.replace("\r", " ").replace("\n", " ").replace("\0", " ")
+    return text
+
+
+def format_line(command: str, *middle: str, trailing: str | None = None,
+                source: str | None = None, tags: dict[str, str] | None = None) -> str:
+    """One line without CRLF. ``middle`` parameters must be non-empty words not starting
+    with ``:`` (names, channels, numbers: anything else is our bug, so ValueError);
+    ``trailing`` always gets its ``:`` and is cut at a character boundary so that the body
+    fits in 512 bytes with its CRLF."""
+    for p in middle:
+        if not p or " " in p or p[0] == ":" or _safe(p) != p:
+            raise ValueError(f"bad middle parameter {p!r} for {command}")
+    body = " ".join(([f":{source}"] if source else []) + [command, *middle])
+    if trailing is not None:
+        body = f"{body} :"
+        body += fit_bytes(_safe(trailing), BODY_ROOM - len(body.encode()))
+    if tags:
+        return f"{format_tags(tags)} {body}"
+    return body
+
+
+def word(text: str, limit: int = 64) -> str:
+    """Peer input echoed back as a middle parameter (the bad nick of a 432, the unknown
+    command of a 421): one non-empty word, no control characters, no leading ``:``, so a
+    peer can never shape our reply line."""
+    text = clean(text).replace(" ", "_").lstrip(":")
+    return fit_bytes(text, limit) or "*"
+
+
+def fit_bytes(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes, never inside a character."""
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    return data[:max(0, limit)].decode("utf-8", "ignore")
+
+
+def split_text(text: str, limit: int) -> list[str]:
+    """Split chat text into pieces of at most ``limit`` bytes for successive PRIVMSGs.
+
+    A native line may be 4096 bytes, an IRC line only 512: the text is cut at the last space
+    inside the window when there is one in its second half (so words stay whole), else at a
+    character boundary. No piece is empty, except the single piece of an empty text."""
+    limit = max(limit, 4)  # room for one character of any width
+    pieces: list[str] = []
+    data = text.encode()
+    while len(data) > limit:
+        cut = limit
+        while cut and (data[cut] & 0xC0) == 0x80:  # back off to a character boundary
+            cut -= 1
+        space = data.rfind(b" ", limit // 2, cut)
+        if space > 0:
+            cut = space
+        pieces.append(data[:cut].decode())
+        data = data[cut:].lstrip(b" ") if space > 0 else data[cut:]
+    if data or not pieces:
+        pieces.append(data.decode())
+    return pieces
+
+
+# --- decoding bytes --------------------------------------------------------------------------
+
+
+def body_too_long(line: str) -> bool:
+    """Whether ``line`` breaks the limits: body over 512 bytes with CRLF, tags over 8191.
+
+    The line was decoded with U+FFFD for invalid bytes; each stands for one byte of input,
+    so it counts as one here rather than the three bytes it encodes to."""
+    body = line
+    if line.startswith("@"):
+        tags, _, body = line.partition(" ")
+        if len(tags) + 1 > MAX_TAGS and len(tags.encode()) + 1 > MAX_TAGS:
+            return True
+    if len(body) * 4 <= BODY_ROOM:  # cheap common case: can't be too long
+        return False
+    size = len(body.encode()) - 2 * body.count("\ufffd")
+    return size > BODY_ROOM
+
+
+class IrcDecoder:
+    """Bytes in, :class:`IrcLine` (or :data:`~geventchat.protocol.TOO_LONG`) out.
+
+    It wraps a :class:`LineDecoder` for the line splitting (LF or CRLF, partial reads,
+    bounded memory, U+FFFD for invalid UTF-8). The connection passes the decoder the native
+    side already fed (it may hold half a line); its limit is then the native one, so tags
+    longer than about 3.5 KB arrive as ``TOO_LONG`` too. Empty lines are skipped, as IRC
+    servers do.
+    """
+
+    __slots__ = ("_lines",)
+
+    def __init__(self, lines: LineDecoder | None = None) -> None:
+        self._lines = lines if lines is not None else LineDecoder(MAX_TAGS + BODY_ROOM)
+
+    def feed(self, data: bytes) -> list[IrcLine | LineTooLong]:
+        return self.accept_all(self._lines.feed(data))
+
+    def close(self) -> list[IrcLine | LineTooLong]:
+        return self.accept_all(self._lines.close())
+
+    @staticmethod
+    def accept(raw: str | LineTooLong) -> IrcLine | LineTooLong | None:
+        """Check and parse one split line; ``None`` for one to ignore."""
+        if not isinstance(raw, str):
+            return TOO_LONG
+        if body_too_long(raw):
+            return TOO_LONG
+        return parse_line(raw)
+
+    @classmethod
+    def accept_all(cls, raws: Iterable[str | LineTooLong]) -> list[IrcLine | LineTooLong]:
+        return [m for m in map(cls.accept, raws) if m is not None]
+
+
+# --- CTCP ------------------------------------------------------------------------------------
+
+
+def parse_ctcp(text: str) -> tuple[str, str] | None:
+    """``"\\x01ACTION waves\\x01"`` -> ``("ACTION", "waves")``; ``None`` for plain text.
+
+    The closing ``\\x01`` is optional (some clients cut it when the line is too long)."""
+    if not text.startswith("\x01"):
+        return None
+    body = text[1:]
+    if body.endswith("\x01"):
+        body = body[:-1]
+    command, _, arg = body.partition(" ")
+    return command.upper(), arg
+
+
+# --- rendering events ------------------------------------------------------------------------
+
+
+class Hostmasks:
+    """``nick -> user@host`` of the IRC users, for the ``:nick!user@host`` source of events
+    that carry only names; everyone else (native users, authors of old history) is
+    ``nick!nick@<server>``. Keyed by the exact registered name, which is what events carry.
+
+    The connection keeps it right: :meth:`rename` after a successful ``hub.rename`` (which
+    renders the NICK line with the old name first), :meth:`remove` a loop pass after a quit,
+    so lines queued before the quit still show the right mask.
+    """
+
+    def __init__(self, default_host: str) -> None:
+        self.default_host = default_host
+        self._masks: dict[str, str] = {}
+
+    def prefix(self, name: str) -> str:
+        mask = self._masks.get(name)
+        return f"{name}!{mask}" if mask else f"{name}!{name}@{self.default_host}"
+
+    def add(self, name: str, user: str, host: str) -> str:
+        """Register ``name``; returns the stored mask, the token for :meth:`remove`."""
+        mask = self._masks[name] = f"{user}@{host}"
+        return mask
+
+    def rename(self, old: str, new: str) -> None:
+        mask = self._masks.pop(old, None)
+        if mask is not None:
+            self._masks[new] = mask
+
+    def remove(self, name: str, token: str) -> None:
+        """Forget ``name`` unless someone registered it again since (``token`` differs)."""
+        if self._masks.get(name) is token:
+            del self._masks[name]
+
+    def __len__(self) -> int:
+        return len(self._masks)
+
+
+def irc_time(when: datetime) -> str:
+    """The IRCv3 ``server-time`` format: UTC, millisecond precision, ``Z``."""
+    t = when.astimezone(UTC)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+
+
+def channel(room: str) -> str:
+    """Rooms are shown to IRC as ``#name`` (``CHANTYPES=#``)."""
+    return f"#{room}"
+
+
+#: Batch references for history replays: unique per process, short.
+_BATCH_IDS: Iterator[int] = itertools.count(1)
+
+#: Events a client without ``echo-message`` must not get back from its own rooms.
+_ECHOED: Final = (ev.Message, ev.Action)
+
+
+@dataclass(frozen=True, slots=True)
+class IrcRenderer:
+    """Renders events as IRC lines for one combination of capabilities.
+
+    One instance per (server, ``server-time``, ``echo-message``, ``batch``), cached by the
+    connection, so a room renders a batch once per combination present. With
+    ``echo-message`` every member gets the same bytes (``shared``); without it each member
+    is rendered for (``render_for``) and its own messages are left out.
+    """
+
+    server: str
+    masks: Hostmasks
+    server_time: bool = False
+    echo: bool = False
+    batch: bool = False
+
+    name: ClassVar[str] = "irc"
+
+    @property
+    def shared(self) -> bool:
+        return self.echo
+
+    # --- the Renderer protocol ---------------------------------------------------------
+
+    def render(self, event: ev.Event) -> bytes:
+        return _wire(self.lines(event))
+
+    def render_many(self, events: list[ev.Event]) -> bytes:
+        return _wire([line for e in events for line in self.lines(e)])
+
+    def render_for(self, session: Session, events: list[ev.Event]) -> bytes:
+        if self.echo:
+            return self.render_many(events)
+        me = session.name
+        return self.render_many([e for e in events
+                                 if not (isinstance(e, _ECHOED) and e.name == me)])
+
+    def render_to(self, nick: str, event: ev.Event) -> bytes:
+        """``event`` for the one client called ``nick`` (``*`` before registration): a
+        notice is addressed to it, its own KILL is a KILL and an ERROR (not the QUIT the
+        others read), and its own private message comes back only with echo-message."""
+        if isinstance(event, ev.Killed) and event.name == nick:
+            return _wire(self._killed_victim(event))
+        if isinstance(event, ev.PrivateMessage) and not self.echo and event.sender == nick \
+                and event.target != nick:
+            return b""
+        return _wire(self.lines(event, nick))
+
+    def join_burst(self, session: Session, room: Room, replay: list[ev.Event],
+                   joined: ev.Joined) -> bytes:
+        """A newcomer's view of ``room``: its JOIN, the topic (332), the names (353, 366),
+        then the history as the channel's messages, timed and batched when negotiated."""
+        me, chan = session.name, channel(room.name)
+        lines = self.lines(joined)
+        if room.topic:
+            lines.append(self.numeric(RPL_TOPIC, me, chan, trailing=room.topic))
+        lines += self.names(me, room)
+        lines += self.replay(chan, replay)
+        return _wire(lines)
+
+    # --- pieces ---------------------------------------------------------------------------
+
+    def numeric(self, code: str, nick: str, *params: str, trailing: str | None = None) -> str:
+        """``:server CODE nick params :trailing``, the shape of every numeric reply."""
+        return format_line(code, nick or "*", *params, trailing=trailing, source=self.server)
+
+    def names(self, me: str, room: Room) -> list[str]:
+        """353 lines (``@`` for operators, split to fit 512 bytes) and the closing 366."""
+        chan = channel(room.name)
+        members = sorted(room.members.values(), key=lambda s: s.name.casefold())
+        words = [("@" if room.is_op(s) else "") + s.name for s in members]
+        head = len(self.numeric(RPL_NAMREPLY, me, "=", chan, trailing="").encode())
+        lines = [self.numeric(RPL_NAMREPLY, me, "=", chan, trailing=chunk)
+                 for chunk in _pack(words, BODY_ROOM - head)] if words else []
+        lines.append(self.numeric(RPL_ENDOFNAMES, me, chan, trailing="End of /NAMES list"))
+        return lines
+
+    def replay(self, chan: str, replay: list[ev.Event]) -> list[str]:
+        """History lines, inside a ``chathistory`` batch when ``batch`` was negotiated."""
+        if not replay:
+            return []
+        if not self.batch:
+            return [line for e in replay for line in self.lines(e)]
+        ref = f"h{next(_BATCH_IDS)}"
+        lines = [format_line("BATCH", f"+{ref}", "chathistory", chan, source=self.server)]
+        lines += [line for e in replay for line in self.lines(e, batch=ref)]
+        lines.append(format_line("BATCH", f"-{ref}", source=self.server))
+        return lines
+
+    def lines(self, event: ev.Event, to: str = "*", batch: str | None = None) -> list[str]:
+        """``event`` as IRC lines without CRLF (several for a long message, none for a
+        prompt). ``to`` is the recipient's nick, for notices from the server."""
+        tags: dict[str, str] = {}
+        if self.server_time:
+            when = getattr(event, "time", None)
+            if when is not None:
+                tags["time"] = irc_time(when)
+        if batch is not None:
+            tags["batch"] = batch
+        return _LINES[type(event)](self, event, to, tags)
+
+    def _src(self, name: str) -> str:
+        return self.masks.prefix(name)
+
+    def _privmsg(self, name: str, target: str, text: str, tags: dict[str, str],
+                 action: bool = False) -> list[str]:
+        source = self._src(name)
+        head = len(format_line("PRIVMSG", target, trailing="", source=source).encode())
+        room = BODY_ROOM - head - (len("\x01ACTION \x01") if action else 0)
+        pieces = split_text(text, room)
+        if action:
+            pieces = [f"\x01ACTION {p}\x01" for p in pieces]
+        return [format_line("PRIVMSG", target, trailing=p, source=source, tags=tags)
+                for p in pieces]
+
+    def _notice(self, target: str, text: str, tags: dict[str, str]) -> list[str]:
+        return [format_line("NOTICE", target, trailing=text, source=self.server, tags=tags)]
+
+    def _killed_victim(self, e: ev.Killed) -> list[str]:
+        return [format_line("KILL", e.name, trailing=e.reason or e.by, source=self._src(e.by)),
+                format_line("ERROR", trailing=f"Closing link: ({_kill_text(e)})")]
+
+
+def _wire(lines: list[str]) -> bytes:
+    return "".join(f"{line}\r\n" for line in lines).encode()
+
+
+def _pack(words: list[str], limit: int) -> list[str]:
+    """Join words with spaces into as few lines of at most ``limit`` bytes as possible."""
+    lines: list[str] = []
+    current = ""
+    for w in words:
+        candidate = f"{current} {w}" if current else w
+        if current and len(candidate.encode()) > limit:
+            lines.append(current)
+            candidate = w
+        current = candidate
+    return [*lines, current]
+
+
+def _quit_text(reason: str) -> str:
+    return reason or "Client Quit"
+
+
+def _shutdown(r: IrcRenderer, e: ev.Shutdown, to: str, tags: dict[str, str]) -> list[str]:
+    text = f"server shutting down: {e.reason}"
+    return [*r._notice(to, text, tags), format_line("ERROR", trailing=f"Closing link: ({text})")]
+
+
+def _kill_text(e: ev.Killed) -> str:
+    """``Killed (root: flooding)``: who and why, as the native side says it."""
+    return f"Killed ({e.by}: {e.reason})" if e.reason else f"Killed ({e.by})"
+
+
+def _killed(r: IrcRenderer, e: ev.Killed, to: str, tags: dict[str, str]) -> list[str]:
+    return [format_line("QUIT", trailing=_kill_text(e), source=r._src(e.name), tags=tags)]
+
+
+def _kicked(r: IrcRenderer, e: ev.Kicked, to: str, tags: dict[str, str]) -> list[str]:
+    return [format_line("KICK", channel(e.room), e.name, trailing=e.reason or e.by,
+                        source=r._src(e.by), tags=tags)]
+
+
+def _left(r: IrcRenderer, e: ev.Left, to: str, tags: dict[str, str]) -> list[str]:
+    trailing = e.reason or None
+    return [format_line("PART", channel(e.room), trailing=trailing, source=r._src(e.name),
+                        tags=tags)]
+
+
+# One function per event type, looked up by type() like the native renderer does.
+_LINES: Final = {
+    ev.Message: lambda r, e, to, t: r._privmsg(e.name, channel(e.room), e.text, t),
+    ev.Action: lambda r, e, to, t: r._privmsg(e.name, channel(e.room), e.text, t, action=True),
+    ev.PrivateMessage: lambda r, e, to, t: r._privmsg(e.sender, e.target, e.text, t),
+    ev.Joined: lambda r, e, to, t: [format_line("JOIN", channel(e.room), source=r._src(e.name),
+                                                tags=t)],
+    ev.Left: _left,
+    ev.Quit: lambda r, e, to, t: [format_line("QUIT", trailing=_quit_text(e.reason),
+                                              source=r._src(e.name), tags=t)],
+    ev.Kicked: _kicked,
+    ev.Killed: _killed,
+    ev.Topic: lambda r, e, to, t: [format_line("TOPIC", channel(e.room), trailing=e.text,
+                                               source=r._src(e.by), tags=t)],
+    ev.Renamed: lambda r, e, to, t: [format_line("NICK", e.new, source=r._src(e.old),
+                                                 tags=t)],
+    ev.Cleared: lambda r, e, to, t: r._notice(channel(e.room), f"history cleared by {e.by}", t),
+    ev.Shutdown: _shutdown,
+    ev.Notice: lambda r, e, to, t: r._notice(to, e.text, t),
+    ev.Error: lambda r, e, to, t: r._notice(to, e.text, {}),
+    ev.Prompt: lambda r, e, to, t: [],
+}
