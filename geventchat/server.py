@@ -574,7 +574,9 @@ def build_hub(settings: Settings) -> Hub:
 
 
 def _room_path(lobby_path: Path, room: str) -> Path:
-    return lobby_path.with_name(f"{lobby_path.stem}.{room}{lobby_path.suffix}")
+    """``history.txt`` -> ``history.dev.txt``; by the room's key, so ``Dev`` and ``dev``
+    (one room) always use one file."""
+    return lobby_path.with_name(f"{lobby_path.stem}.{name_key(room)}{lobby_path.suffix}")
 
 
 def serve(settings: Settings) -> int:
