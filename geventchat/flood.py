@@ -25,7 +25,7 @@ class Verdict(Enum):
     KICK = "kick"
 
 
-@dataclass
+@dataclass(slots=True)
 class FloodGate:
     """Token bucket with a flood episode counter. ``rate <= 0`` disables it."""
 

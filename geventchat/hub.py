@@ -33,6 +33,11 @@ log = logging.getLogger(__name__)
 #: Name of the room every native client starts in.
 LOBBY_NAME = "lobby"
 
+#: Join and leave notices wait up to this long for company before going out. A crowd
+#: arriving at once (a restart, a reconnect storm) then costs one batch per member for
+#: hundreds of joins instead of one per loop pass; any chat line flushes them at once.
+PRESENCE_DELAY = 0.05
+
 
 class Renderer(Protocol):
     """What a protocol provides to the hub: events in, wire bytes out.
@@ -151,6 +156,8 @@ class Room:
         self._fresh: dict[str, tuple[Session, int]] = {}
         self._writers: dict[Renderer, list[Callable[[bytes], None]]] | None = None
         self._scheduled = False
+        self._timer = None  # pending presence flush (a loop timer), if any
+        self.version = 0  # bumped whenever the history changes (replay caches key on it)
         self._loop = gevent.get_hub().loop
 
     # --- fan-out ------------------------------------------------------------------------
@@ -165,13 +172,35 @@ class Room:
         self._scheduled = True
         self._loop.run_callback(self._flush_callback)
 
+    def _presence(self, event: ev.Event | None) -> None:
+        """Queue a join/leave notice (or only a newcomer's admission) to go out with the
+        next chat line, or after :data:`PRESENCE_DELAY` at the latest."""
+        if event is not None:
+            self._pending.append(event)
+        if not self._scheduled and self._timer is None:
+            self._timer = self._loop.timer(PRESENCE_DELAY)
+            self._timer.start(self._timer_flush)
+
+    def _timer_flush(self) -> None:
+        self._cancel_timer()
+        self.flush()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer.close()
+            self._timer = None
+
     def say(self, event: ev.Message | ev.Action) -> None:
         """A stored line: history first (in memory at once), then everyone."""
         self.history.append(event)
+        self.version += 1
         self.broadcast(event)
 
     def flush(self) -> None:
         """Render the pending batch once per protocol and hand it to every member."""
+        if self._timer is not None:
+            self._cancel_timer()
         events = self._pending
         if events:
             self._pending = []
@@ -229,15 +258,12 @@ class Room:
             return
         replay = self.history.recent()
         joined = ev.Joined(session.name, self.name)
-        if self.members:
-            self.broadcast(joined)
-        elif self.name != LOBBY_NAME:
+        if not self.members and self.name != LOBBY_NAME:
             self.ops.add(session.key)  # the first in a new room runs it
+        self._presence(joined if self.members else None)
         self.members[session.key] = session
         session.rooms[self.key] = self
         self._fresh[session.key] = (session, len(self._pending))
-        if not self._scheduled:
-            self._schedule()
         session.out.write(session.proto.join_burst(session, self, replay, joined))
 
     def leave(self, session: Session, event: ev.Event | None) -> None:
@@ -251,7 +277,10 @@ class Room:
             session.out.write(session.proto.render_for(session, unsent))
         self._remove(session)
         if event is not None and self.members:
-            self.broadcast(event)
+            if isinstance(event, ev.Left | ev.Quit):
+                self._presence(event)
+            else:
+                self.broadcast(event)
 
     def _remove(self, session: Session) -> None:
         self._writers = None
@@ -282,6 +311,7 @@ class Room:
         """Empty the history (atomically, on disk too) and tell everyone."""
         event = ev.Cleared(by, self.name)
         self.history.clear(event)
+        self.version += 1
         self.broadcast(event)
 
     def set_topic(self, by: str, text: str) -> None:

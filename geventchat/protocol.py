@@ -11,6 +11,7 @@ The connection layer (``server.py``) only moves bytes between a socket and these
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Final
 
@@ -174,6 +175,11 @@ class NativeRenderer:
     name = "native"
     shared = True
 
+    def __init__(self) -> None:
+        # Rendered history replay per room, keyed by the room's history version: a crowd
+        # joining at once renders it once, not once per newcomer.
+        self._replays: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
     @staticmethod
     def line(event: ev.Event) -> str:
         """The event as one line of text, without newline."""
@@ -197,11 +203,23 @@ class NativeRenderer:
                    joined: ev.Joined) -> bytes:
         """What a newcomer reads on entering a room: the history, then its own join
         (and the topic, when one is set)."""
-        lines = [*replay, joined]
+        lines: list[ev.Event] = [joined]
         topic = getattr(room, "topic", "")
         if topic:
             lines.append(ev.Notice(f"topic of {joined.room}: {topic}"))
-        return self.render_many(lines)
+        return self._replay(room, replay) + self.render_many(lines)
+
+    def _replay(self, room: object, replay: list[ev.Event]) -> bytes:
+        if not replay:
+            return b""
+        version = getattr(room, "version", None)
+        cached = self._replays.get(room) if version is not None else None
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        data = self.render_many(replay)
+        if version is not None:
+            self._replays[room] = (version, data)
+        return data
 
 
 NATIVE: Final = NativeRenderer()

@@ -111,6 +111,11 @@ class Settings:
 class Connection:
     """One client socket, from the name prompt to the close."""
 
+    # Slots: tens of thousands of idle connections must stay cheap.
+    __slots__ = ("server", "hub", "sock", "addr_tuple", "addr_ip", "addr", "out", "decoder",
+                 "session", "_pending_name", "_failures", "_closing", "_reader", "_authorised",
+                 "_first_line", "irc_lines", "flood", "created", "last_active")
+
     def __init__(self, server: ChatServer, sock: socket.socket, addr: tuple) -> None:
         self.server = server
         self.hub = server.hub

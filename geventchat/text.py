@@ -102,6 +102,8 @@ def check_name(raw: str) -> str:
 
 
 def _one_script(name: str) -> bool:
+    if name.isascii():
+        return True
     scripts = set(categories.unique_aliases(name)) - _NEUTRAL_SCRIPTS
     return len(scripts) <= 1 or any(scripts <= family for family in _SCRIPT_FAMILIES)
 
@@ -109,6 +111,8 @@ def _one_script(name: str) -> bool:
 def _latin_lookalike(name: str) -> bool:
     """A non-Latin name every letter of which has a Latin double (``сосо`` in Cyrillic):
     a whole-script confusable, refused because it can pass for someone else."""
+    if name.isascii():
+        return False
     letters = [c for c in name if c.isalpha()]
     if not letters or "LATIN" in categories.unique_aliases(name):
         return False
