@@ -123,11 +123,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _raise_nofile() -> None:
-    """Each client is a file descriptor: lift the soft limit to the hard one."""
+#: Descriptors kept back from --max-clients: listeners, history files, logs, the threadpool.
+FD_RESERVE = 64
+
+
+def _fit_max_clients(wanted: int) -> int:
+    """Each client is a file descriptor: lift the soft limit to the hard one, and lower
+    --max-clients to what it allows. Past the limit, accept() itself fails, and clients
+    would hang in the backlog instead of hearing ``! server full``."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    # The pool keeps a few spare slots over max_clients to answer "server full" itself.
+    fits = max(1, soft - FD_RESERVE - 16)
+    if wanted > fits:
+        logging.getLogger("geventchat").warning(
+            "--max-clients %d lowered to %d: the open-file limit is %d (raise it with "
+            "ulimit -n)", wanted, fits, soft)
+        return fits
+    return wanted
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -136,10 +151,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _raise_nofile()
     settings = Settings(
         host=args.host, port=args.port, history=args.history, admins=args.admins,
-        history_replay=args.history_replay, max_clients=args.max_clients,
+        history_replay=args.history_replay, max_clients=_fit_max_clients(args.max_clients),
         max_sendq=args.max_sendq, max_line=args.max_line,
         register_timeout=args.register_timeout, idle_timeout=args.idle_timeout,
         max_per_ip=args.max_per_ip, rate_limit=args.rate_limit, rate_burst=args.rate_burst,

@@ -156,6 +156,7 @@ class Room:
         self._fresh: dict[str, tuple[Session, int]] = {}
         self._writers: dict[Renderer, list[Callable[[bytes], None]]] | None = None
         self._scheduled = False
+        self._turn = 0  # rotates where each batch's fan-out starts
         self._timer = None  # pending presence flush (a loop timer), if any
         self.version = 0  # bumped whenever the history changes (replay caches key on it)
         self._loop = gevent.get_hub().loop
@@ -205,10 +206,17 @@ class Room:
         if events:
             self._pending = []
             writers = self._writers or self._build_writers()
+            # Start each batch at a different member: whoever is served first can answer
+            # first, and a fixed order would favour the same senders every time.
+            self._turn += 1
             for proto, members in self._targets.items():
                 if proto.shared:
                     data = proto.render_many(events)
-                    for write in writers[proto]:
+                    group = writers[proto]
+                    start = self._turn % len(group)
+                    for write in group[start:]:
+                        write(data)
+                    for write in group[:start]:
                         write(data)
                 else:
                     for member in members.values():

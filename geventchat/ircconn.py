@@ -50,7 +50,7 @@ from geventchat.irc import (
 )
 from geventchat.outbuf import Output
 from geventchat.protocol import TOO_LONG, LineDecoder, LineTooLong
-from geventchat.server import yield_to_others
+from geventchat.server import wake_reader, yield_to_others
 from geventchat.text import check_name, clean, name_key
 
 if TYPE_CHECKING:
@@ -275,7 +275,7 @@ class IrcConnection:
                                            trailing=f"Closing link: ({error or reason})")])
         if gevent.getcurrent() is not self._reader:
             try:
-                self.sock.shutdown(socket.SHUT_RD)  # wakes the reader with EOF
+                wake_reader(self.sock)
             except OSError:
                 pass
 

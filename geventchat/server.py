@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import gevent
+import gevent.socket
 import gevent.ssl
 from gevent.event import Event
 from gevent.pool import Pool
@@ -53,6 +54,18 @@ SWEEP_INTERVAL = 1.0
 #: I/O (other clients, the history writer's thread results). Yielding after every read
 #: would cost latency; after a full read only, it caps one client at ~64 KiB per pass.
 YIELD_PAUSE = 0.0002
+
+
+def wake_reader(sock: socket.socket) -> None:
+    """Make a greenlet blocked in ``recv`` on ``sock`` see EOF, leaving writes possible.
+
+    On TLS sockets the plain socket's ``shutdown`` is called: ``SSLSocket.shutdown`` would
+    drop the TLS state first, and what is still queued would then go out unencrypted.
+    """
+    try:
+        gevent.socket.socket.shutdown(sock, socket.SHUT_RD)
+    except OSError:
+        pass
 
 
 def yield_to_others() -> None:
@@ -208,10 +221,7 @@ class Connection:
             return
         self._closing = reason
         if gevent.getcurrent() is not self._reader:
-            try:
-                self.sock.shutdown(socket.SHUT_RD)  # wakes the reader with EOF
-            except OSError:
-                pass
+            wake_reader(self.sock)
 
     def _finish(self) -> None:
         session = self.session
@@ -290,10 +300,18 @@ class Connection:
             self._register(name, None)
 
     def _on_server_password(self, password: str) -> None:
+        if not self.server.login_allowed(self.addr_ip):
+            self._send(ev.Error("too_many_logins", "too many failed logins; try again later"))
+            self.close("login rate limit")
+            return
         if self.server.check_server_password(password):
             self._authorised = True
             self._send(ev.Prompt("name"))
-        elif self._login_failed("server password"):
+            return
+        # Wrong server passwords share the per-address limit with admin logins, so
+        # reconnecting does not buy an attacker more guesses.
+        self.server.login_failed(self.addr_ip)
+        if self._login_failed("server password"):
             self._send(ev.Error("wrong_password", "wrong server password"))
             self._send(ev.Prompt("server password"))
 
@@ -450,10 +468,18 @@ class ChatServer:
 
     def _serve(self, sock: socket.socket, addr: tuple, irc: bool) -> None:
         _tune(sock)
-        if self._tls is not None:
-            sock = self._handshake(sock, addr)
-            if sock is None:
-                return
+        if self._tls is None:
+            self._serve_plain(sock, addr, irc)
+            return
+        tls = self._handshake(sock, addr)
+        if tls is None:
+            return
+        try:
+            self._serve_plain(tls, addr, irc)
+        finally:
+            tls.close()  # wrapping detached the accepted socket: StreamServer can't close it
+
+    def _serve_plain(self, sock: socket.socket, addr: tuple, irc: bool) -> None:
         conn = Connection(self, sock, addr)
         refusal = self._refusal(conn.addr_ip)
         if refusal is not None:
@@ -485,7 +511,8 @@ class ChatServer:
             gevent.with_timeout(self.settings.register_timeout, tls.do_handshake)
         except (gevent.Timeout, OSError) as exc:  # ssl.SSLError is an OSError
             log.info("TLS handshake with %s:%s failed: %s", addr[0], addr[1],
-                     exc or "timeout")
+                     "timeout" if isinstance(exc, gevent.Timeout) else exc)
+            tls.close()
             return None
         return tls
 
@@ -508,6 +535,17 @@ class ChatServer:
             now = time.monotonic()
             for conn in list(self.connections):
                 conn.expire(now)
+            self._forget_old_failures(now)
+
+    def _forget_old_failures(self, now: float) -> None:
+        """Drop per-address login failures older than the penalty window, so the table
+        does not grow with every address that ever mistyped."""
+        for ip, times in list(self._login_failures.items()):
+            recent = [t for t in times if now - t < LOGIN_PENALTY_WINDOW]
+            if recent:
+                self._login_failures[ip] = recent
+            else:
+                del self._login_failures[ip]
 
     # --- shutdown ----------------------------------------------------------------------
 
@@ -544,8 +582,9 @@ def _tune(sock: socket.socket) -> None:
 def _tls_context(settings: Settings) -> ssl.SSLContext | None:
     if not settings.tls_cert:
         return None
-    # gevent's context makes gevent's cooperative SSLSocket; the stdlib's would block the loop.
-    ctx = gevent.ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    # gevent's SSLContext makes gevent's cooperative SSLSocket; the stdlib's would block the
+    # loop (and gevent.ssl.create_default_context returns the stdlib's).
+    ctx = gevent.ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(settings.tls_cert, settings.tls_key)
     return ctx

@@ -88,9 +88,10 @@ def test_decoder_never_raises_and_respects_limit(chunks):
             assert "\n" not in item
 
 
-@given(st.lists(st.text(alphabet=st.characters(blacklist_characters="\r\n",
-                                                         blacklist_categories=("Cs",)), max_size=20),
-                max_size=10), st.integers(1, 7))
+_LINE_CHARS = st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",))
+
+
+@given(st.lists(st.text(alphabet=_LINE_CHARS, max_size=20), max_size=10), st.integers(1, 7))
 def test_decoder_chunking_does_not_matter(lines, size):
     data = "".join(f"{line}\n" for line in lines).encode()
     assert feed_chunks(data, size) == feed_whole(data) == lines

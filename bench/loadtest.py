@@ -1,0 +1,589 @@
+"""Load benchmark for geventchat: fan-out throughput, latency, loss and server cost.
+
+    python bench/loadtest.py --clients 1000 --senders 10 --window 8 --duration 10
+    python bench/loadtest.py --sweep 10,100,1000,5000 --runs 3
+    python bench/loadtest.py --idle 20000
+
+Starts a server on a free loopback port (or targets --host/--port), connects simulated
+clients through the real handshake in C (or Python) worker processes, waits until every
+client is registered, lets some of them send, and checks that every client received every
+line exactly once. See bench/README.md for the method and every flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import random
+import resource
+import socket
+import string
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+import report
+import target
+import workers
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = BENCH_DIR / "results"
+PORTS_PER_SOURCE = 20_000  # of ~28k ephemeral ports per address pair, leaving headroom
+MAX_IDLE = 50_000
+IDLE_SETTLE_S = 1.0  # let the server finish the last join broadcasts before reading RSS
+REGISTER_STALL_S = 20.0  # no client registered or failed for this long: give up
+
+
+class BenchError(RuntimeError):
+    """A setup problem (no server, no gcc, bad flags): exit 2, no figures."""
+
+
+# ---- flags ----
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    load = p.add_argument_group("load")
+    load.add_argument(
+        "--clients",
+        type=int,
+        default=100,
+        metavar="N",
+        help="simulated clients, all registered before anyone sends (100)",
+    )
+    load.add_argument(
+        "--senders",
+        type=int,
+        default=10,
+        metavar="S",
+        help="how many of the clients send (10; capped at --clients)",
+    )
+    load.add_argument(
+        "--duration", type=float, default=10.0, metavar="D", help="seconds of sending (10)"
+    )
+    pace = load.add_mutually_exclusive_group()
+    pace.add_argument(
+        "--rate", type=float, metavar="R", help="total lines/s over all senders (open loop)"
+    )
+    pace.add_argument(
+        "--window",
+        type=int,
+        metavar="W",
+        help="unechoed lines each sender may have in flight (closed loop; "
+        "default 8 when --rate is not given)",
+    )
+    load.add_argument(
+        "--size",
+        type=int,
+        default=0,
+        metavar="BYTES",
+        help="padding bytes appended to every line (0)",
+    )
+    gen = p.add_argument_group("generator")
+    gen.add_argument(
+        "--engine",
+        choices=("auto", "c", "python"),
+        default="auto",
+        help="c: epoll worker compiled from genclient.c; python: pyclient.py; "
+        "auto: c when gcc (or a built binary) is there (auto)",
+    )
+    gen.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes sharing the clients (1; raised when one "
+        "process can't hold enough descriptors)",
+    )
+    gen.add_argument(
+        "--drain",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="after senders stop, wait up to this long for counts to match (5)",
+    )
+    gen.add_argument(
+        "--register-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="give up registering after this long (60 + N/200)",
+    )
+    tgt = p.add_argument_group("server")
+    tgt.add_argument("--host", help="target a running server instead of starting one")
+    tgt.add_argument("--port", type=int, help="its port (with --host; default 9999)")
+    tgt.add_argument(
+        "--server-pid",
+        type=int,
+        help="pid of a --host/--port server, for CPU and RSS (else looked up)",
+    )
+    tgt.add_argument(
+        "--server-cmd",
+        help="command that starts the server; the bench appends --host, "
+        "--port 0, --history, --rate-limit 0, --max-clients "
+        "(default: python -m geventchat serve)",
+    )
+    modes = p.add_argument_group("modes and output")
+    modes.add_argument(
+        "--sweep",
+        metavar="N1,N2,...",
+        help="run each client count; table and plot under bench/results/",
+    )
+    modes.add_argument(
+        "--runs", type=int, default=1, help="repeat each point and report the median (1)"
+    )
+    modes.add_argument(
+        "--idle",
+        type=int,
+        metavar="N",
+        help=f"connect N idle clients (up to {MAX_IDLE:,}); report server "
+        "RSS per connection and registration time",
+    )
+    modes.add_argument("--json", action="store_true", help="print one JSON line, no summary")
+    modes.add_argument("--no-progress", action="store_true", help="no progress bars")
+    modes.add_argument(
+        "--results-dir",
+        type=Path,
+        default=RESULTS_DIR,
+        help="where --sweep writes sweep.md/.json/.png (bench/results)",
+    )
+    args = p.parse_args(argv)
+    _check_args(p, args)
+    return args
+
+
+def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.rate is None and args.window is None:
+        args.window = 8
+    if args.window is not None and args.window < 1:
+        p.error("--window must be at least 1")
+    if args.rate is not None and args.rate <= 0:
+        p.error("--rate must be positive")
+    if args.clients < 1 or args.senders < 0 or args.duration <= 0 or args.runs < 1:
+        p.error("--clients, --duration and --runs must be positive, --senders >= 0")
+    if not 0 <= args.size <= 4000:
+        p.error("--size must be 0..4000 (the server drops lines over 4096 bytes)")
+    if args.idle is not None and not 1 <= args.idle <= MAX_IDLE:
+        p.error(f"--idle must be 1..{MAX_IDLE}")
+    if args.idle is not None and args.sweep:
+        p.error("--idle and --sweep are separate modes")
+    if args.port is not None and args.host is None:
+        args.host = "127.0.0.1"
+    if args.host is not None and args.port is None:
+        args.port = 9999
+    args.sweep_points = _parse_sweep(p, args.sweep) if args.sweep else None
+
+
+def _parse_sweep(p: argparse.ArgumentParser, text: str) -> list[int]:
+    try:
+        points = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        p.error("--sweep takes client counts separated by commas, e.g. 10,100,1000")
+    if not points or min(points) < 1:
+        p.error("--sweep needs positive client counts")
+    return points
+
+
+# ---- setup ----
+
+
+def choose_engine(wanted: str) -> str:
+    """auto means C when it can be built; the Python engine is the fallback."""
+    if wanted != "auto":
+        return wanted
+    if workers.C_BINARY.exists() or workers.have_gcc():
+        return "c"
+    print("note: gcc not found, using the Python engine (much lower ceiling)", file=sys.stderr)
+    return "python"
+
+
+def workers_needed(requested: int, clients: int) -> tuple[int, str | None]:
+    """At least enough workers that each stays under this process's descriptor limit."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    per_worker = clients if hard == resource.RLIM_INFINITY else max(hard - 64, 1)
+    needed = math.ceil(clients / per_worker)
+    if needed > requested:
+        return needed, (
+            f"using {needed} workers: one process may hold only {hard} "
+            "descriptors (RLIMIT_NOFILE hard limit)"
+        )
+    return requested, None
+
+
+def source_addresses(clients: int, host: str) -> list[str]:
+    """Extra 127.0.0.x source addresses once one address pair runs out of ports."""
+    if clients <= PORTS_PER_SOURCE or not host.startswith("127."):
+        return []
+    return [f"127.0.0.{i + 1}" for i in range(math.ceil(clients / PORTS_PER_SOURCE))]
+
+
+@contextlib.contextmanager
+def open_target(args: argparse.Namespace, clients: int) -> Iterator[target.Target]:
+    """Start a server for this run, or attach to --host/--port."""
+    if args.host is None:
+        cmd = target.parse_server_cmd(args.server_cmd)
+        with target.ServerProcess(cmd, max_clients=clients + 100) as tgt:
+            yield tgt
+        return
+    try:
+        host = socket.gethostbyname(args.host)  # the C engine wants an IPv4 address
+    except OSError as exc:
+        raise BenchError(f"cannot resolve --host {args.host}: {exc}") from exc
+    pid = args.server_pid or target.find_listener_pid(args.port)
+    yield target.Target(host, args.port, pid)
+
+
+def random_id() -> str:
+    """Distinct names per run, so a rerun against a running server never hits 'taken'."""
+    return "".join(random.choices(string.ascii_lowercase + string.digits, k=4))
+
+
+def warn(message: str) -> None:
+    """Warnings go to stderr at once: a run that later fails must still have said why."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def progress_bar(args: argparse.Namespace, **kwargs: Any) -> tqdm:
+    return tqdm(disable=True if args.no_progress else None, file=sys.stderr, **kwargs)
+
+
+# ---- one run ----
+
+
+def register_all(
+    group: workers.WorkerGroup, clients: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Wait until every worker's clients are registered (or failed); progress per client.
+
+    Gives up (and reports how far it got) after --register-timeout, or sooner when no
+    client registered or failed for REGISTER_STALL_S: a server out of descriptors leaves
+    connections hanging in its backlog instead of refusing them.
+    """
+    counts: dict[int, int] = {}
+    last_change = [time.monotonic()]
+    timeout = args.register_timeout or 60 + clients / 200
+    deadline = time.monotonic() + timeout
+    got: dict[int, str] = {}
+    with progress_bar(args, total=clients, desc="registering", unit="client", leave=False) as bar:
+
+        def on_progress(i: int, fields: list[str]) -> None:
+            done = int(fields[0]) + int(fields[1])
+            if counts.get(i) != done:
+                counts[i] = done
+                last_change[0] = time.monotonic()
+            bar.n = sum(counts.values())
+            bar.refresh()
+
+        while len(got) < len(group.procs):
+            try:
+                group.collect("ready", 2.0, on_progress, got)
+            except workers.CollectTimeout:
+                now = time.monotonic()
+                stalled = now - last_change[0] > REGISTER_STALL_S
+                if stalled or now > deadline:
+                    why = "stalled" if stalled else f"timed out after {timeout:.0f}s"
+                    warn(f"registration {why} at {bar.n} of {clients}: reporting how far it got")
+                    group.broadcast("abort")
+                    group.collect("ready", 30, on_progress, got)
+    readies = [json.loads(got[i]) for i in sorted(got)]
+    return {
+        "registered": sum(r["registered"] for r in readies),
+        "failed": sum(r["failed"] for r in readies),
+        "connect_s": max(r["connect_s"] for r in readies),
+        "register_s": max(r["register_s"] for r in readies),
+        "errors": sorted({e for r in readies for e in r["errors"]}),
+    }
+
+
+def cpu_seconds() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def send_phase(
+    group: workers.WorkerGroup, args: argparse.Namespace, monitor: target.Monitor
+) -> dict[str, Any]:
+    """go, a progress bar for --duration, stop, then drain and collect the results."""
+    latest: dict[int, tuple[int, int]] = {}
+    cpu0 = cpu_seconds()
+    monitor.start_cpu()
+    group.broadcast("go")
+    t0 = time.monotonic()
+    with progress_bar(
+        args,
+        total=args.duration,
+        desc="sending",
+        unit="s",
+        leave=False,
+        bar_format="{l_bar}{bar}| {n:.1f}/{total:.0f}s{postfix}",
+    ) as bar:
+        while (elapsed := time.monotonic() - t0) < args.duration:
+            for i, line in group.poll(min(0.25, args.duration - elapsed)):
+                if line.startswith("p "):
+                    latest[i] = (int(line.split()[1]), int(line.split()[2]))
+            sent = sum(s for s, _ in latest.values())
+            recv = sum(r for _, r in latest.values())
+            bar.n = min(round(elapsed, 1), args.duration)
+            bar.set_postfix_str(f"{sent:,} lines, {recv / max(elapsed, 1e-3):,.0f} deliveries/s")
+    group.broadcast("stop")
+    server_cpu = monitor.stop_cpu()
+    orchestrator_cpu = cpu_seconds() - cpu0
+    sent_lines = group.collect("sent", timeout=30)
+    total = sum(int(s.split()[0]) for s in sent_lines)
+    group.broadcast(f"expect {total} {args.drain}")
+    results = group.collect_json(timeout=args.drain + 30)
+    return {
+        "results": results,
+        "server_cpu": server_cpu,
+        "orchestrator_cpu": orchestrator_cpu,
+        "system": monitor.system,
+    }
+
+
+def run_config(
+    args: argparse.Namespace,
+    engine: str,
+    clients: int,
+    senders: int,
+    nworkers: int,
+    tgt: target.Target,
+) -> dict[str, Any]:
+    """The parameters of one run, as they appear in --json and the summary header."""
+    return {
+        "engine": engine,
+        "workers": nworkers,
+        "clients": clients,
+        "senders": senders,
+        "mode": "rate" if args.rate else "window",
+        "window": args.window,
+        "rate": args.rate,
+        "size": args.size,
+        "duration": args.duration,
+        "host": tgt.host,
+        "port": tgt.port,
+        "server_started": tgt.started,
+        "server_cmd": " ".join(target.parse_server_cmd(args.server_cmd)) if tgt.started else None,
+    }
+
+
+def worker_commands(
+    args: argparse.Namespace,
+    engine: str,
+    plans: list[workers.WorkerPlan],
+    tgt: target.Target,
+    senders: int,
+    run_id: str,
+    sources: list[str],
+) -> list[list[str]]:
+    """One command line per worker; the sync line comes from worker 0's first client."""
+    base = workers.engine_command(engine)
+    rate_per_sender = (args.rate / senders) if (args.rate and senders) else 0.0
+    return [
+        base
+        + workers.worker_args(
+            plan,
+            tgt.host,
+            tgt.port,
+            plans[0].prefix + "0",
+            f"sync-{run_id}",
+            0 if args.rate else args.window,
+            rate_per_sender,
+            args.size,
+            sources,
+        )
+        for plan in plans
+    ]
+
+
+def run_once(args: argparse.Namespace, clients: int) -> dict[str, Any]:
+    """One complete measurement at ``clients`` clients; returns report.summarise()."""
+    senders = min(args.senders, clients)
+    engine = choose_engine(args.engine)
+    nworkers, note = workers_needed(args.workers, clients)
+    nworkers = min(nworkers, clients)
+    run_id = random_id()
+    plans = workers.plan_workers(clients, senders, nworkers, run_id)
+    with open_target(args, clients) as tgt:
+        warnings = [w for w in (note, target.nofile_warning(tgt.pid, clients)) if w]
+        warnings += tgt.warnings
+        if senders < args.senders:
+            warnings.append(f"--senders capped at {senders} (the number of clients)")
+        for w in warnings:
+            warn(w)
+        config = run_config(args, engine, clients, senders, len(plans), tgt)
+        commands = worker_commands(
+            args, engine, plans, tgt, senders, run_id, source_addresses(clients, tgt.host)
+        )
+        monitor = target.Monitor(tgt.pid)
+        try:
+            with workers.WorkerGroup(commands) as group:
+                ready = register_all(group, clients, args)
+                group.broadcast("sync")
+                group.collect("synced", timeout=60 + clients / 100)
+                phase = send_phase(group, args, monitor)
+        finally:
+            memory = monitor.close()
+    config["warnings"] = warnings + ready["errors"]
+    server = {"pid": tgt.pid, "cpu_s": phase["server_cpu"] if tgt.pid else None, **memory}
+    generator = {
+        "orchestrator_cpu_s": phase["orchestrator_cpu"],
+        "cores": os.cpu_count() or 1,
+        "system": phase["system"],
+    }
+    summary = report.summarise(config, ready, phase["results"], server, generator)
+    summary["run_id"] = run_id
+    return summary
+
+
+def run_point(args: argparse.Namespace, clients: int) -> dict[str, Any]:
+    """--runs repeats of one point, folded into their median."""
+    runs = [run_once(args, clients) for _ in range(args.runs)]
+    return runs[0] if len(runs) == 1 else report.median_run(runs)
+
+
+# ---- idle mode ----
+
+
+def run_idle(args: argparse.Namespace) -> dict[str, Any]:
+    """Connect N idle clients; server RSS per connection and time to register them all."""
+    n = args.idle
+    engine = choose_engine(args.engine)
+    nworkers, note = workers_needed(args.workers, n)
+    plans = workers.plan_workers(n, 0, min(nworkers, n), random_id())
+    with open_target(args, n) as tgt:
+        warnings = [w for w in (note, target.nofile_warning(tgt.pid, n)) if w]
+        warnings += tgt.warnings
+        if tgt.pid is None:
+            warnings.append("server pid unknown (--server-pid): no RSS figures")
+        for w in warnings:
+            warn(w)
+        sources = source_addresses(n, tgt.host)
+        commands = worker_commands(args, engine, plans, tgt, 0, "idle", sources)
+        monitor = target.Monitor(tgt.pid)
+        try:
+            time.sleep(0.2)
+            before = monitor.rss()
+            with workers.WorkerGroup(commands) as group:
+                ready = register_all(group, n, args)
+                time.sleep(IDLE_SETTLE_S)
+                after = monitor.rss()
+        finally:
+            memory = monitor.close()
+    return idle_result(args, engine, len(plans), sources, ready, before, after, memory, warnings)
+
+
+def idle_result(
+    args: argparse.Namespace,
+    engine: str,
+    nworkers: int,
+    sources: list[str],
+    ready: dict[str, Any],
+    before: int | None,
+    after: int | None,
+    memory: dict[str, Any],
+    warnings: list[str],
+) -> dict[str, Any]:
+    registered = ready["registered"]
+    per_conn = None
+    if before is not None and after is not None and registered:
+        per_conn = round((after - before) / registered / 1024, 2)
+    problems = [f"{ready['failed']} of {args.idle} clients failed to register"] * bool(
+        ready["failed"]
+    )
+    mb = report.MB
+    return {
+        "idle": args.idle,
+        "engine": engine,
+        "workers": nworkers,
+        "sources": sources,
+        "registered": registered,
+        "failed": ready["failed"],
+        "connect_s": round(ready["connect_s"], 3),
+        "register_s": round(ready["register_s"], 3),
+        "rss_before_mb": None if before is None else round(before / mb, 1),
+        "rss_after_mb": None if after is None else round(after / mb, 1),
+        "rss_per_conn_kb": per_conn,
+        "peak_rss_mb": None if memory["peak_rss"] is None else round(memory["peak_rss"] / mb, 1),
+        "warnings": warnings + ready["errors"],
+        "problems": problems,
+        "ok": not problems,
+    }
+
+
+# ---- sweep ----
+
+
+def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
+    """Every point of --sweep; the table and plot are written under --results-dir."""
+    points = []
+    for n in args.sweep_points:
+        print(f"sweep: N={n} ({args.runs} run(s))", file=sys.stderr)
+        points.append(run_point(args, n))
+    title = sweep_title(args, points[0])
+    table = report.sweep_table(points, f"### {title}")
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    (args.results_dir / "sweep.md").write_text(table)
+    (args.results_dir / "sweep.json").write_text(json.dumps(points, indent=1) + "\n")
+    report.sweep_plot(points, title, args.results_dir / "sweep.png")
+    return {"sweep": points, "table": table, "ok": all(p["ok"] for p in points)}
+
+
+def sweep_title(args: argparse.Namespace, first: dict[str, Any]) -> str:
+    load = f"window {args.window}" if not args.rate else f"rate {args.rate:g}/s"
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    return (
+        f"geventchat sweep {day}: {args.senders} senders, {load}, {args.duration:g} s, "
+        f"median of {args.runs}, engine {first['engine']}, {os.cpu_count()} cores"
+    )
+
+
+# ---- main ----
+
+
+def emit(args: argparse.Namespace, result: dict[str, Any], text: str) -> None:
+    """--json: one line on stdout; else the human text. Problems always go to stderr too."""
+    if args.json:
+        print(json.dumps(result, default=str))
+    else:
+        print(text)
+    problems = result.get("problems") or [
+        p for point in result.get("sweep", []) for p in point["problems"]
+    ]
+    if problems and args.json:
+        for p in problems:
+            print(f"!!! {p}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit 0 for a clean run, 1 for loss/duplication/failed clients, 2 for setup errors."""
+    args = parse_args(argv)
+    try:
+        if args.idle is not None:
+            result = run_idle(args)
+            emit(args, result, report.idle_summary(result))
+        elif args.sweep_points:
+            result = run_sweep(args)
+            emit(
+                args,
+                result,
+                result["table"] + f"\nsaved {args.results_dir}/sweep.md, sweep.json and sweep.png",
+            )
+        else:
+            result = run_point(args, args.clients)
+            emit(args, result, report.human_summary(result))
+    except (BenchError, target.TargetError, workers.WorkerError) as exc:
+        print(f"loadtest: error: {exc}", file=sys.stderr)
+        return 2
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The load benchmark itself must be right before its numbers mean anything.
+
+Small runs of ``bench/loadtest.py`` against the real server, with each engine: every
+client must get every line exactly once, the exit status must say so, and the JSON must
+carry sane figures. Speed is never asserted: these machines are shared and noisy, and a
+correctness test that fails on a slow day teaches people to ignore it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+RUN_TIMEOUT_S = 25  # the whole file must stay well under 30 s per run
+
+needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed")
+ENGINES = [pytest.param("c", marks=needs_gcc), "python"]
+
+
+def loadtest(*args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """Run the bench with --json; return the process and its one JSON line."""
+    cmd = [sys.executable, str(BENCH / "loadtest.py"), "--json", "--no-progress", *args]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, f"expected one JSON line, got:\n{proc.stdout}\n{proc.stderr}"
+    return proc, json.loads(lines[0])
+
+
+def assert_exactly_once(r: dict[str, Any], clients: int) -> None:
+    """No loss, no duplication, nobody dropped: the bench's own definition of a clean run."""
+    assert r["ok"] is True and r["problems"] == [], r["problems"]
+    assert r["registered"] == clients and r["failed"] == 0
+    assert r["lines_sent"] > 0
+    assert r["deliveries_expected"] == r["lines_sent"] * clients
+    assert r["deliveries_received"] == r["deliveries_expected"]
+    assert r["missing"] == r["extra"] == r["disconnected"] == r["echo_errors"] == 0
+
+
+def assert_sane_figures(r: dict[str, Any]) -> None:
+    """Every figure present and internally consistent; none compared to a speed."""
+    lat = r["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+    assert r["latency_samples"] == r["lines_sent"]  # every own echo was timed
+    fair = r["fairness"]
+    assert 0 < fair["min"] <= fair["median"] <= fair["max"]
+    assert r["deliveries_per_s"] > 0 and r["lines_per_s"] > 0
+    assert r["server"]["cpu_s"] > 0 and r["server"]["peak_rss_mb"] > 0
+    assert r["generator"]["cpu_s"] >= 0 and r["generator"]["cores"] >= 1
+    assert r["limit"] in {"generator", "server", "cpu", "none"}
+    assert r["register_s"] >= r["connect_s"] >= 0
+    assert r["machine"]["busy_pct"] >= 0 and r["machine"]["other_pct"] >= 0
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_window_run_delivers_every_line_exactly_once(engine: str) -> None:
+    proc, r = loadtest(
+        "--clients", "20", "--senders", "3", "--window", "8", "--duration", "2", "--engine", engine
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert r["engine"] == engine and r["mode"] == "window"
+    assert_exactly_once(r, 20)
+    assert_sane_figures(r)
+
+
+@needs_gcc
+def test_rate_run_with_padding_keeps_the_rate() -> None:
+    proc, r = loadtest(
+        "--clients",
+        "10",
+        "--senders",
+        "2",
+        "--rate",
+        "200",
+        "--size",
+        "300",
+        "--duration",
+        "1.5",
+        "--engine",
+        "c",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert r["mode"] == "rate" and r["size"] == 300
+    assert_exactly_once(r, 10)
+    assert_sane_figures(r)
+    assert r["fairness"]["max"] - r["fairness"]["min"] <= 2  # rate mode paces every sender
+
+
+def test_histogram_buckets_hold_their_values() -> None:
+    """Python and C share this bucketing; a midpoint must sit within 1.6% of its values."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        from histogram import Histogram, bucket_index, bucket_mid, merge, percentile
+    finally:
+        sys.path.remove(str(BENCH))
+    for ns in (0, 1, 63, 64, 65, 127, 128, 1000, 123_456, 10**9, 3 * 10**11):
+        mid = bucket_mid(bucket_index(ns))
+        assert abs(mid - ns) <= max(1, ns * 0.016)
+    hist = Histogram()
+    for ms in range(1, 101):
+        hist.record(ms * 1_000_000)
+    pairs = merge([hist.to_pairs(), hist.to_pairs()])
+    assert abs(percentile(pairs, 50) - 50e6) <= 50e6 * 0.016
+    assert abs(percentile(pairs, 99) - 99e6) <= 99e6 * 0.016
