@@ -35,11 +35,13 @@ class Spec:
 
 
 def _say(hub: Hub, me: Session, arg: str) -> None:
-    me.room.say(ev.Message(me.name, arg, me.room.name))
+    room = me.room
+    room.say(ev.Message(me.name, arg, room.name))
 
 
 def _me(hub: Hub, me: Session, arg: str) -> None:
-    me.room.say(ev.Action(me.name, arg, me.room.name))
+    room = me.room
+    room.say(ev.Action(me.name, arg, room.name))
 
 
 def _msg(hub: Hub, me: Session, arg: str) -> None:
@@ -176,6 +178,8 @@ def dispatch(hub: Hub, me: Session, cmd: Command) -> None:
     if (spec.admin or spec.op) and not allowed:
         who = "admins and room operators" if spec.op else "admins"
         raise ChatError("permission_denied", f"permission denied: /{cmd.name} is for {who}")
-    if spec.words and len(cmd.arg.split(None, spec.words - 1)) < spec.words:
+    # cmd.arg is stripped, so any text at all is one word: only longer needs need a split.
+    if spec.words and (not cmd.arg or spec.words > 1
+                       and len(cmd.arg.split(None, spec.words - 1)) < spec.words):
         raise ChatError("usage", f"usage: {spec.usage}")
     spec.handler(hub, me, cmd.arg)

@@ -82,8 +82,8 @@ class Session:
     greenlet (kick, shutdown, overflow) after pending output is written.
     """
 
-    __slots__ = ("name", "key", "account", "rooms", "out", "proto", "addr", "disconnect",
-                 "extra")
+    __slots__ = ("name", "key", "account", "rooms", "room", "out", "proto", "addr",
+                 "disconnect", "extra")
 
     def __init__(
         self,
@@ -99,6 +99,8 @@ class Session:
         # Key of the admin account this user logged in as; None for everyone else.
         self.account = account
         self.rooms: dict[str, Room] = {}
+        #: The room a native client is in: the last one joined (kept by Room).
+        self.room: Room | None = None
         self.out = out
         self.proto = proto
         self.addr = addr
@@ -108,11 +110,6 @@ class Session:
     @property
     def is_admin(self) -> bool:
         return self.account is not None
-
-    @property
-    def room(self) -> Room | None:
-        """The room a native client is in (the last one joined)."""
-        return next(reversed(self.rooms.values()), None)
 
     def send(self, event: ev.Event) -> None:
         """Deliver one event to this user only, after the broadcasts queued before it."""
@@ -271,6 +268,7 @@ class Room:
         self._presence(joined if self.members else None)
         self.members[session.key] = session
         session.rooms[self.key] = self
+        session.room = self
         self._fresh[session.key] = (session, len(self._pending))
         session.out.write(session.proto.join_burst(session, self, replay, joined))
 
@@ -301,6 +299,8 @@ class Room:
             if not members:
                 del self._targets[session.proto]
         session.rooms.pop(self.key, None)
+        if session.room is self:
+            session.room = next(reversed(session.rooms.values()), None)
 
     def rekey(self, session: Session, old_key: str) -> None:
         """Keep the member maps in step with a rename."""
