@@ -84,9 +84,7 @@ _DEFAULT_ROOM = "lobby"
 # --- record format ------------------------------------------------------------------------
 
 
-# One encoder for every record: json.dumps with options builds a new encoder per call,
-# which showed up in profiles of the per-line path.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_quote = json.encoder.encode_basestring  # JSON string literal, UTF-8 kept as is
 
 #: In the ``interval`` and ``never`` policies the writer lets appends gather this long
 #: before a round, so a busy room costs a few disk writes per second, not one per line.
@@ -112,14 +110,10 @@ def encode_record(event: StoredEvent) -> bytes:
         if when.utcoffset() is None:
             raise ValueError("event time must be timezone-aware")
         when = when.astimezone(UTC)
-    record = {
-        "time": when.isoformat(),
-        "kind": kind,
-        "name": name,
-        "text": text,
-        "room": event.room,
-    }
-    line = _ENCODER.encode(record) + "\n"
+    # Field by field with the json module's own (C) string encoder: the same JSON a dict
+    # through json.dumps gives, at a fraction of the cost on the per-line path.
+    line = (f'{{"time":"{when.isoformat()}","kind":"{kind}","name":{_quote(name)},'
+            f'"text":{_quote(text)},"room":{_quote(event.room)}}}\n')
     # "replace": a lone surrogate (never produced by the UTF-8 decoder upstream) must not
     # turn into a line the loader would reject.
     return line.encode("utf-8", "replace")
