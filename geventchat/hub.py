@@ -39,6 +39,14 @@ LOBBY_NAME = "lobby"
 PRESENCE_DELAY = 0.05
 
 
+_SPOKEN = (ev.Message, ev.Action)
+
+
+def _speakers(events: list[ev.Event]) -> list[str]:
+    """Keys of those who said something in a batch, in the order they first spoke."""
+    return list(dict.fromkeys(name_key(e.name) for e in events if type(e) in _SPOKEN))
+
+
 class Renderer(Protocol):
     """What a protocol provides to the hub: events in, wire bytes out.
 
@@ -151,9 +159,8 @@ class Room:
         # Members who joined while a batch was pending: (session, events of the batch to
         # skip). They got those lines in their history replay, or the lines predate them.
         self._fresh: dict[str, tuple[Session, int]] = {}
-        self._writers: dict[Renderer, list[Callable[[bytes], None]]] | None = None
+        self._outputs: dict[Renderer, list[Output]] | None = None
         self._scheduled = False
-        self._turn = 0  # rotates where each batch's fan-out starts
         self._timer = None  # pending presence flush (a loop timer), if any
         self.version = 0  # bumped whenever the history changes (replay caches key on it)
         self._loop = gevent.get_hub().loop
@@ -202,37 +209,44 @@ class Room:
         events = self._pending
         if events:
             self._pending = []
-            writers = self._writers or self._build_writers()
-            # Start each batch at a different member: whoever is served first can answer
-            # first, and a fixed order would favour the same senders every time.
-            self._turn += 1
+            outputs = self._outputs or self._build_outputs()
+            speakers = _speakers(events)
             for proto, members in self._targets.items():
                 if proto.shared:
                     data = proto.render_many(events)
-                    group = writers[proto]
-                    start = self._turn % len(group)
-                    for write in group[start:]:
-                        write(data)
-                    for write in group[:start]:
-                        write(data)
+                    # This batch's speakers are served first, in the order they spoke: a
+                    # typist sees their own line at once, and no member's place in the
+                    # room decides who gets to speak next (a fixed order would favour the
+                    # same senders every time). Everyone else follows in the same pass.
+                    first = [members[k].out for k in speakers if k in members]
+                    for out in first:
+                        out.write(data)
+                    if first:
+                        served = set(first)
+                        for out in outputs[proto]:
+                            if out not in served:
+                                out.write(data)
+                    else:
+                        for out in outputs[proto]:
+                            out.write(data)
                 else:
                     for member in members.values():
                         member.out.write(proto.render_for(member, events))
         if self._fresh:
             self._admit(events)
 
-    def _build_writers(self) -> dict[Renderer, list[Callable[[bytes], None]]]:
-        """Bound ``write`` methods per protocol: the fan-out loop's cheapest form, rebuilt
+    def _build_outputs(self) -> dict[Renderer, list[Output]]:
+        """Outputs per protocol as plain lists, the fan-out loop's cheapest form; rebuilt
         only when membership changes."""
-        self._writers = {proto: [m.out.write for m in members.values()]
+        self._outputs = {proto: [m.out for m in members.values()]
                          for proto, members in self._targets.items()}
-        return self._writers
+        return self._outputs
 
     def _admit(self, events: list[ev.Event]) -> None:
         """Newcomers get the part of the batch that came after their join, then become
         ordinary fan-out targets."""
         fresh, self._fresh = self._fresh, {}
-        self._writers = None
+        self._outputs = None
         for key, (session, skip) in fresh.items():
             if len(events) > skip:
                 session.out.write(session.proto.render_for(session, events[skip:]))
@@ -289,7 +303,7 @@ class Room:
                 self.broadcast(event)
 
     def _remove(self, session: Session) -> None:
-        self._writers = None
+        self._outputs = None
         self.members.pop(session.key, None)
         self._fresh.pop(session.key, None)
         self.ops.discard(session.key)
@@ -310,7 +324,7 @@ class Room:
         members = self._targets[session.proto]
         members.pop(old_key, None)
         members[session.key] = session
-        self._writers = None
+        self._outputs = None
         if old_key in self.ops:
             self.ops.discard(old_key)
             self.ops.add(session.key)
