@@ -18,7 +18,8 @@ Ordering rules (each is a known batching trap):
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Protocol
 
 import gevent
@@ -36,10 +37,14 @@ LOBBY_NAME = "lobby"
 #: Join and leave notices wait up to this long for company before going out. A crowd
 #: arriving at once (a restart, a reconnect storm) then costs one batch per member for
 #: hundreds of joins instead of one per loop pass; any chat line flushes them at once.
+#: The wait grows with the room (each flush costs one send per member), up to a second.
 PRESENCE_DELAY = 0.05
+PRESENCE_DELAY_MAX = 1.0
+PRESENCE_MEMBERS = 1000  # members per PRESENCE_DELAY of waiting
 
 
 _SPOKEN = (ev.Message, ev.Action)
+_NO_EXTRA: Mapping[str, object] = MappingProxyType({})
 
 
 def _speakers(events: list[ev.Event]) -> list[str]:
@@ -113,7 +118,9 @@ class Session:
         self.proto = proto
         self.addr = addr
         self.disconnect = disconnect
-        self.extra: dict[str, object] = {}  # per-protocol state (IRC: user, away...)
+        # Per-protocol state (IRC: user, away...); a protocol that needs it sets its own
+        # dict, so the many native sessions share one empty, read-only mapping.
+        self.extra: Mapping[str, object] = _NO_EXTRA
 
     @property
     def is_admin(self) -> bool:
@@ -161,6 +168,7 @@ class Room:
         self._fresh: dict[str, tuple[Session, int]] = {}
         self._outputs: dict[Renderer, list[Output]] | None = None
         self._scheduled = False
+        self._spoken = 0  # pending events up to here include more than joins and leaves
         self._timer = None  # pending presence flush (a loop timer), if any
         self.version = 0  # bumped whenever the history changes (replay caches key on it)
         self._loop = gevent.get_hub().loop
@@ -170,6 +178,7 @@ class Room:
     def broadcast(self, event: ev.Event) -> None:
         """Queue ``event`` for every member; it goes out at the end of this loop pass."""
         self._pending.append(event)
+        self._spoken = len(self._pending)
         if not self._scheduled:
             self._schedule()
 
@@ -183,7 +192,8 @@ class Room:
         if event is not None:
             self._pending.append(event)
         if not self._scheduled and self._timer is None:
-            self._timer = self._loop.timer(PRESENCE_DELAY)
+            scale = max(1.0, len(self.members) / PRESENCE_MEMBERS)
+            self._timer = self._loop.timer(min(PRESENCE_DELAY * scale, PRESENCE_DELAY_MAX))
             self._timer.start(self._timer_flush)
 
     def _timer_flush(self) -> None:
@@ -209,6 +219,7 @@ class Room:
         events = self._pending
         if events:
             self._pending = []
+            self._spoken = 0
             outputs = self._outputs or self._build_outputs()
             speakers = _speakers(events)
             for proto, members in self._targets.items():
@@ -253,9 +264,12 @@ class Room:
             self._targets.setdefault(session.proto, {})[key] = session
 
     def _unsent(self, session: Session) -> list[ev.Event]:
-        """Pending events that ``session`` has not received yet."""
+        """Pending events that a leaver has not received yet, unless they are only others'
+        joins and leaves: those it need not hear on its way out, and skipping them keeps a
+        mass disconnect linear (each leaver would otherwise render the whole pile)."""
         entry = self._fresh.get(session.key)
-        return self._pending[entry[1]:] if entry else self._pending
+        skip = entry[1] if entry else 0
+        return self._pending[skip:] if self._spoken > skip else []
 
     def _flush_callback(self) -> None:
         self._scheduled = False
@@ -293,7 +307,7 @@ class Room:
         everyone (a mass disconnect stays one batch per member).
         """
         unsent = self._unsent(session)
-        if unsent:
+        if unsent and not session.out.closed:
             session.out.write(session.proto.render_for(session, unsent))
         self._remove(session)
         if event is not None and self.members:

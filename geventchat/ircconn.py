@@ -405,7 +405,8 @@ class IrcConnection:
         renderer = self.net.renderer(self.caps)
         session = IrcSession(self.nick, self.out, renderer, self.close, addr=self.addr)
         session.conn = self
-        session.extra.update(user=self.user, realname=self.realname, away="", modes=set())
+        session.extra = {"user": self.user, "realname": self.realname, "away": "",
+                         "modes": set()}
         try:
             self.hub.register(session, join_lobby=False)  # re-checks the name
         except ChatError:

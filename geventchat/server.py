@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 
 #: Bytes per recv. Large reads amortise the per-call cost when a client sends in bursts.
 RECV_SIZE = 65536
+# One receive buffer for every connection: greenlets take turns, and each copies out what it
+# read before it can yield, so sharing is safe and spares a 64 KiB allocation per read.
+_RECV_BUFFER = bytearray(RECV_SIZE)
+_RECV_VIEW = memoryview(_RECV_BUFFER)
 #: Failed admin logins allowed on one connection before it is closed.
 MAX_LOGIN_FAILURES = 3
 #: How long a closing connection may take to write its last lines (goodbye, shutdown).
@@ -164,17 +168,19 @@ class Connection:
                 self._finish()
 
     def _read_loop(self) -> None:
+        buf, view = _RECV_BUFFER, _RECV_VIEW
         while self._closing is None:
             try:
-                data = self.sock.recv(RECV_SIZE)
+                n = self.sock.recv_into(buf)
             except OSError:
                 return
+            data = view[:n].tobytes()
             self.last_active = time.monotonic()
             if not data:
                 self._handle(self.decoder.close())
                 return
             self._handle(self.decoder.feed(data))
-            if len(data) == RECV_SIZE:
+            if n == RECV_SIZE:
                 yield_to_others()
 
     def _handle(self, lines: list[str | LineTooLong]) -> None:
@@ -225,6 +231,8 @@ class Connection:
 
     def _finish(self) -> None:
         session = self.session
+        if self._closing == "":
+            self.out.close()  # writing to the peer failed: nothing more can reach it
         if session is not None:
             # Quit and kick have already unregistered the session with their own notice.
             reason = "" if self._closing is None else self._closing

@@ -125,13 +125,12 @@ def _latin_lookalike(name: str) -> bool:
 def name_key(name: str) -> str:
     """Identity of a name, so look-alikes are one user: NFKC, casefold, then letters that
     are confusable with Latin ones (Cyrillic ``а``, Greek ``ο``...) replaced by those."""
-    return _skeleton(unicodedata.normalize("NFKC", name).casefold())
+    folded = unicodedata.normalize("NFKC", name).casefold()
+    return folded if folded.isascii() else _skeleton(folded)
 
 
 @lru_cache(maxsize=8192)
 def _skeleton(folded: str) -> str:
-    if folded.isascii():
-        return folded
     hits = confusables.is_confusable(folded, greedy=True, preferred_aliases=["latin"]) or []
     table = {}
     for hit in hits:
