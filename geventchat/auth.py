@@ -24,12 +24,12 @@ import hmac
 import json
 import logging
 import os
-import secrets
 import stat
 from dataclasses import dataclass
 
 import gevent
 
+from geventchat import atomic
 from geventchat.text import name_key
 
 log = logging.getLogger(__name__)
@@ -254,40 +254,6 @@ def _parse_account(account_key: str, entry: object) -> _Account:
 
 
 def _write_private(path: str, blob: bytes) -> None:
-    """Atomically replace ``path`` by ``blob``, mode 0600 from the first byte on.
-
-    The temporary file is created 0600 with O_EXCL in the same directory, so no other user
-    ever sees the hashes and a crash leaves either the old file or the new one.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    try:
-        try:
-            os.fchmod(fd, 0o600)  # the umask may have removed bits we need, never added any
-            view = memoryview(blob)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    os.chmod(path, 0o600)
-    _fsync_dir(directory)
-
-
-def _fsync_dir(directory: str) -> None:
-    """Make the rename durable; file systems that can't fsync a directory are let be."""
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """Atomically replace ``path`` by ``blob``, mode 0600 from the first byte on: no other
+    user ever sees the hashes, and a crash leaves either the old file or the new one."""
+    atomic.replace_file(path, blob, 0o600)

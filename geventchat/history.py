@@ -39,8 +39,6 @@ import errno
 import json
 import logging
 import os
-import secrets
-import stat
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -50,6 +48,7 @@ from typing import Any
 import gevent
 from gevent.event import Event
 
+from geventchat import atomic
 from geventchat.events import STORED, Action, Cleared, Message
 
 log = logging.getLogger(__name__)
@@ -181,19 +180,8 @@ def _fsync(fd: int) -> None:
 
 
 def _write_fully(fd: int, data: bytes) -> int:
-    """Write all of ``data``; on OSError, the exception carries ``written`` (bytes done)."""
-    view = memoryview(data)
-    done = 0
-    try:
-        while done < len(data):
-            n = _write(fd, view[done:])
-            if n <= 0:
-                raise OSError(errno.EIO, "write wrote nothing")
-            done += n
-    except OSError as exc:
-        exc.written = done  # type: ignore[attr-defined]
-        raise
-    return done
+    """Write all of ``data`` through :func:`_write` (see :func:`atomic.write_fully`)."""
+    return atomic.write_fully(fd, data, _write)
 
 
 def _append_batch(fd: int, data: bytes, sync: bool) -> tuple[int, OSError | None]:
@@ -223,47 +211,10 @@ def _open_for_append(path: str) -> tuple[int, bool]:
     return fd, torn
 
 
-def _fsync_dir(directory: str) -> None:
-    """Make a rename durable; file systems that can't fsync a directory are let be."""
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        _fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
-            raise
-    finally:
-        os.close(fd)
-
-
 def _replace_file(path: str, data: bytes) -> None:
-    """Atomically make ``data`` the whole content of ``path`` (temp, fsync, rename, fsync dir).
-
-    The temporary file sits in the same directory (a rename can't cross file systems) and
-    gets the old file's mode, so clearing does not change who may read the history.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
-    try:
-        mode: int | None = stat.S_IMODE(os.stat(path).st_mode)
-    except FileNotFoundError:
-        mode = None
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        try:
-            if mode is not None:
-                os.fchmod(fd, mode)
-            _write_fully(fd, data)
-            _fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(directory)
+    """Atomically make ``data`` the whole content of ``path``, keeping its mode (clearing
+    does not change who may read the history)."""
+    atomic.replace_file(path, data, write=_write, fsync=_fsync)
 
 
 def _compact_file(path: str, keep: int) -> int:

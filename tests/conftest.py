@@ -75,6 +75,8 @@ from pathlib import Path
 import pexpect
 import pytest
 
+from tests.helpers import ServerProcess
+
 #: The checkout under test (``tests/..``), put first on PYTHONPATH of every child process:
 #: the package is not necessarily installed, and an installed copy must not be tested.
 REPO_ROOT = Path(__file__).absolute().parent.parent
@@ -441,3 +443,20 @@ def client(server: ServerFactory) -> Iterator[Callable[..., Term]]:
     yield spawn
     for term in spawned:
         term.terminate()
+
+
+@pytest.fixture
+def make_srv(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Factory for :class:`tests.helpers.ServerProcess` servers with extra flags, each in
+    its own temp dir; every one is killed at teardown."""
+    made: list[ServerProcess] = []
+
+    def make(*extra: str, start: bool = True) -> ServerProcess:
+        s = ServerProcess(tmp_path / f"s{len(made)}", *extra)
+        s.tmp.mkdir()
+        made.append(s)
+        return s.start() if start else s
+
+    yield make
+    for s in made:
+        s.kill()

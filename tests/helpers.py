@@ -113,8 +113,8 @@ class LineClient:
         data = line if isinstance(line, bytes) else (line + "\n").encode()
         self.sock.sendall(data)
 
-    def line(self, timeout: float = TIMEOUT) -> str:
-        """The next server line (without newline); AssertionError on timeout or EOF."""
+    def raw_line(self, timeout: float = TIMEOUT) -> bytes:
+        """The next line's bytes, without ``\n``; AssertionError on timeout, EOFError at EOF."""
         deadline = time.monotonic() + timeout
         while b"\n" not in self.buf:
             left = deadline - time.monotonic()
@@ -129,7 +129,11 @@ class LineClient:
                 raise EOFError(f"connection closed; pending {self.buf!r}")
             self.buf += chunk
         raw, self.buf = self.buf.split(b"\n", 1)
-        return raw.decode("utf-8")
+        return raw
+
+    def line(self, timeout: float = TIMEOUT) -> str:
+        """The next server line (without newline); AssertionError on timeout or EOF."""
+        return self.raw_line(timeout).decode("utf-8")
 
     def expect(self, wanted: str | re.Pattern, timeout: float = TIMEOUT) -> list[str]:
         """Read lines until one equals ``wanted`` (or matches a regex); return all read."""

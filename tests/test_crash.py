@@ -32,22 +32,6 @@ ROUNDS = 10
 LINES = 200_000  # a cap: the streams are stopped long before
 
 
-@pytest.fixture
-def make_srv(tmp_path):
-    """Factory for servers with extra flags; every one is killed at teardown."""
-    made: list[ServerProcess] = []
-
-    def make(*extra: str, start: bool = True) -> ServerProcess:
-        s = ServerProcess(tmp_path / f"s{len(made)}", *extra)
-        s.tmp.mkdir()
-        made.append(s)
-        return s.start() if start else s
-
-    yield make
-    for s in made:
-        s.kill()
-
-
 class Collector:
     """Reads a client's socket in a thread until EOF or error, keeping every line."""
 

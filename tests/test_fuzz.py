@@ -16,14 +16,13 @@ import time
 import unicodedata
 from collections.abc import Callable
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from geventchat.errors import ChatError
 from geventchat.protocol import TOO_LONG, Command, LineDecoder, parse
 from geventchat.text import NAME_MAX, check_name, clean
-from tests.helpers import TIMEOUT, LineClient, ServerProcess, wait_for
+from tests.helpers import TIMEOUT, LineClient, wait_for
 
 EXAMPLES = 2000
 
@@ -189,22 +188,6 @@ def test_check_name_refuses_invisible_characters_fuzz():
 
 
 # --- a live server under garbage -----------------------------------------------------------
-
-
-@pytest.fixture
-def make_srv(tmp_path):
-    """Factory for servers with extra flags; every one is killed at teardown."""
-    made: list[ServerProcess] = []
-
-    def make(*extra: str, start: bool = True) -> ServerProcess:
-        s = ServerProcess(tmp_path / f"s{len(made)}", *extra)
-        s.tmp.mkdir()
-        made.append(s)
-        return s.start() if start else s
-
-    yield make
-    for s in made:
-        s.kill()
 
 
 def _garbage(rng: random.Random, size: int) -> bytes:

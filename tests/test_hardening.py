@@ -26,22 +26,6 @@ from tests.helpers import TIMEOUT, LineClient, ServerProcess, add_admin, wait_fo
 MB = 1 << 20
 
 
-@pytest.fixture
-def make_srv(tmp_path):
-    """Factory for servers with extra flags; every one is killed at teardown."""
-    made: list[ServerProcess] = []
-
-    def make(*extra: str, start: bool = True) -> ServerProcess:
-        s = ServerProcess(tmp_path / f"s{len(made)}", *extra)
-        s.tmp.mkdir()
-        made.append(s)
-        return s.start() if start else s
-
-    yield make
-    for s in made:
-        s.kill()
-
-
 class SockClient(LineClient):
     """A :class:`LineClient` on a socket made by the caller (bound source address, buffers)."""
 

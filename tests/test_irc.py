@@ -22,22 +22,6 @@ IRC_FLAGS = ("--irc-port", "0", "--server-name", "irc.test", "--rate-limit", "0"
 
 
 @pytest.fixture
-def make_srv(tmp_path):
-    """Factory for servers with extra flags; every one is killed at teardown."""
-    made: list[ServerProcess] = []
-
-    def make(*extra: str, start: bool = True) -> ServerProcess:
-        s = ServerProcess(tmp_path / f"s{len(made)}", *extra)
-        s.tmp.mkdir()
-        made.append(s)
-        return s.start() if start else s
-
-    yield make
-    for s in made:
-        s.kill()
-
-
-@pytest.fixture
 def srv(make_srv):
     return make_srv(*IRC_FLAGS)
 
@@ -57,33 +41,19 @@ def irc_port(srv: ServerProcess) -> int:
 # --- clients ---------------------------------------------------------------------------------
 
 
-class RawIrc:
+class RawIrc(LineClient):
     """A raw-socket IRC client: exact lines in, parsed lines out, every read with a deadline."""
 
     def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
-        self.buf = b""
+        super().__init__(port)
         self.nick = "*"
 
-    def send(self, *lines: str | bytes) -> None:
+    def send(self, *lines: str | bytes) -> None:  # type: ignore[override]
         self.sock.sendall(b"".join(x if isinstance(x, bytes) else x.encode() + b"\r\n"
                                    for x in lines))
 
     def raw(self, timeout: float = TIMEOUT) -> str:
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self.buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no line within {timeout}s; have {self.buf!r}")
-            self.sock.settimeout(left)
-            try:
-                chunk = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            if not chunk:
-                raise EOFError(f"connection closed; pending {self.buf!r}")
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
+        line = self.raw_line(timeout)
         if not line.endswith(b"\r"):  # only the native prompt, sent before detection
             assert line.startswith(b"? "), f"IRC lines end in CRLF: {line!r}"
             return line.decode()

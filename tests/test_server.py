@@ -13,22 +13,6 @@ from tests.helpers import TIMEOUT, LineClient, ServerProcess, add_admin, wait_fo
 
 
 @pytest.fixture
-def make_srv(tmp_path):
-    """Factory for servers with extra flags; every one is killed at teardown."""
-    made: list[ServerProcess] = []
-
-    def make(*extra: str, start: bool = True) -> ServerProcess:
-        s = ServerProcess(tmp_path / f"s{len(made)}", *extra)
-        s.tmp.mkdir()
-        made.append(s)
-        return s.start() if start else s
-
-    yield make
-    for s in made:
-        s.kill()
-
-
-@pytest.fixture
 def srv(make_srv):
     return make_srv()
 
