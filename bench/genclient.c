@@ -23,11 +23,29 @@
  *   worker -> "{json}"                 the results
  *   python -> "quit" (or EOF)          close every connection and exit
  *
+ * Latency is timed twice: by each sender on its own echoes (which also drive its window),
+ * and by --observers ordinary clients spread over the join order, on every line they get.
+ * A server may serve some clients first in each fan-out pass (geventchat serves the
+ * batch's speakers first; Redis writes to the latest subscribers first), so the echo is
+ * one position in that order and the observers sample all of it.
+ *
  * Counting starts when a client reads the sync line, not at registration: joins of clients
  * registered later are broadcast to it before that line, so after it the server sends
  * nothing but chat lines and every newline is a delivery.
  *
- * Build: gcc -O2 -Wall -o genclient genclient.c
+ * --proto redis runs the same workload against Redis pub/sub (RESP2), for a baseline
+ * measured by the same generator on the same machine:
+ *   - a client SUBSCRIBEs to channel "chat"; the subscribe confirmation is "registered";
+ *   - a subscribed connection can't PUBLISH, so each sender (and the sync client) also has
+ *     a publisher connection (PING/+PONG is its handshake); its lines go out as PUBLISH,
+ *     and its subscriber connection's receipt of them is the echo (window and latency);
+ *   - the sync line is a published message whose payload is the sync token;
+ *   - a delivery is one "message" push, *3 $7 message $4 chat $LEN PAYLOAD: seven
+ *     CRLF-terminated parts, and payloads never hold CR or LF, so after the sync message
+ *     deliveries = newlines / 7. The same word-at-a-time newline counter serves both
+ *     protocols, with no frame split across reads to handle; only senders parse frames.
+ *
+ * Build: gcc -O2 -Wall -Wextra -o genclient genclient.c
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -54,10 +72,19 @@
 #define READ_CHUNK (256 * 1024) /* big reads: one syscall moves thousands of lines */
 #define MAX_EVENTS 1024
 #define MAX_LINE 8192            /* the server caps lines at 4096 bytes plus a name */
+#define MAX_MSG (MAX_LINE + 128)  /* one formatted line, or PUBLISH frame, at most */
 #define MAX_ERRORS 8             /* distinct error messages kept for the report */
 #define RATE_SENDQ_CAP (1 << 20) /* rate mode: skip a due line rather than queue past 1 MB */
 #define DRAIN_GRACE_NS 200000000ull /* keep reading this long after counts match, to see dups */
 #define STDIN_TAG UINT32_MAX
+
+/* Redis pub/sub (RESP2): the channel every client subscribes to, the frames sent, and the
+ * newlines per "message" push (*3, $7, message, $4, chat, $LEN, payload). */
+#define REDIS_CHANNEL "chat"
+#define REDIS_SUBSCRIBE "*2\r\n$9\r\nSUBSCRIBE\r\n$4\r\n" REDIS_CHANNEL "\r\n"
+#define REDIS_PING "*1\r\n$4\r\nPING\r\n"
+#define REDIS_PUBLISH_HEAD "*3\r\n$7\r\nPUBLISH\r\n$4\r\n" REDIS_CHANNEL "\r\n"
+#define REDIS_LINES_PER_MESSAGE 7
 
 /* Latency histogram: log-linear, 64 sub-buckets per power of two (bucket width <= 1.6%).
  * Must stay identical to bench/histogram.py, which merges the buckets of all workers. */
@@ -65,15 +92,23 @@
 #define SUB_COUNT (1u << SUB_BITS)
 #define HIST_BUCKETS ((64 - SUB_BITS + 1) * SUB_COUNT)
 
-enum state { ST_IDLE, ST_CONNECTING, ST_PROMPT, ST_JOIN, ST_SYNC, ST_COUNT, ST_FAILED };
+struct latency {
+    uint64_t hist[HIST_BUCKETS];
+    uint64_t count, max;
+};
+
+/* ST_PUB: a Redis publisher connection, ready to PUBLISH (it never counts deliveries). */
+enum state { ST_IDLE, ST_CONNECTING, ST_PROMPT, ST_JOIN, ST_SYNC, ST_COUNT, ST_PUB, ST_FAILED };
 enum phase { P_CONNECT, P_READY, P_SYNC, P_SYNCED, P_RUN, P_STOPPED, P_DRAIN, P_DONE };
 
 struct conn {
     int fd;
     enum state st;
     int sender;          /* index into g.senders, or -1 */
+    int observer;        /* times every delivery it reads (never a sender) */
+    int pub;             /* a Redis publisher connection (not a client) */
     int want_out;        /* EPOLLOUT currently registered */
-    uint64_t count;      /* newlines read since the sync line */
+    uint64_t count;      /* newlines read since the sync line (g.unit per delivery) */
     char name[40];
     size_t name_len;
     char *carry;         /* partial line between reads (line mode only) */
@@ -83,11 +118,14 @@ struct conn {
 };
 
 struct sender {
-    int conn;
+    int conn;            /* where its echoes arrive */
+    int out;             /* where its lines go: conn itself, or its Redis publisher */
     unsigned gid;        /* global sender id, written into each line */
     uint64_t sent;       /* sequence number of the last line sent */
     uint64_t echoed;     /* sequence number of the last own echo read */
     uint64_t next_ns;    /* rate mode: when the next line is due */
+    char mark[24];       /* Redis: "\ns<gid>:", how its own payload lines start */
+    size_t mark_len;
 };
 
 static struct {
@@ -108,11 +146,16 @@ static struct {
     const char *sync_token;
     struct in_addr sources[256];
     int nsources;
+    int redis;           /* --proto redis */
+    int nobservers;
 
     /* runtime */
     int ep;
     struct sockaddr_in dst;
-    struct conn *conns;
+    struct conn *conns;  /* the clients, then (Redis) the publishers */
+    int nconns;          /* clients + publishers */
+    int npubs;
+    uint64_t unit;       /* newlines per delivery: 1, or REDIS_LINES_PER_MESSAGE */
     struct sender *senders;
     char *rbuf;
     char padding[MAX_LINE];
@@ -123,14 +166,15 @@ static struct {
     int pending;         /* clients connecting or in the handshake */
     int registered, failed, disconnected;
     int in_sync;         /* registered clients that have not read the sync line yet */
-    uint64_t recv_total, recv_at_stop, expect;
+    uint64_t recv_at_stop, expect;
     uint64_t echo_errors, deferred;
+    uint64_t run_reads;  /* client reads between go and stop: how the server batches writes */
     uint64_t t_start, t_connected, t_registered, t_go, t_stop, t_drain, drain_deadline;
     uint64_t drain_matched, next_progress;
     int connected_all;
     struct rusage ru_go, ru_stop;
-    uint64_t hist[HIST_BUCKETS];
-    uint64_t lat_count, lat_max;
+    struct latency echo; /* senders, their own lines */
+    struct latency seen; /* observers, every line */
     char errors[MAX_ERRORS][160];
     int nerrors;
     char stdin_buf[4096];
@@ -186,12 +230,12 @@ static uint64_t hist_mid(unsigned idx)
     return lo + ((1ull << (e - SUB_BITS)) >> 1);
 }
 
-static void record_latency(uint64_t ns)
+static void record_latency(struct latency *l, uint64_t ns)
 {
-    g.hist[hist_index(ns)]++;
-    g.lat_count++;
-    if (ns > g.lat_max)
-        g.lat_max = ns;
+    l->hist[hist_index(ns)]++;
+    l->count++;
+    if (ns > l->max)
+        l->max = ns;
 }
 
 /* ---- newline counting ---- */
@@ -199,13 +243,15 @@ static void record_latency(uint64_t ns)
 /*
  * Count '\n' bytes eight at a time: after XOR with 0x0a.., a byte is zero exactly where a
  * newline was, and the classic exact zero-byte test sets its top bit. The top bits are
- * summed per byte lane and folded every 255 words so no lane overflows. No popcount
+ * summed per byte lane and folded every 255 words so no lane overflows. The fold widens
+ * the lanes to 16 bits first: a block can hold up to 2040 newlines (RESP frames have one
+ * every ~8 bytes), and a byte-wide horizontal sum would count them modulo 256. No popcount
  * instruction is needed, so plain -O2 builds stay fast on any x86-64 or arm64.
  */
 static uint64_t count_newlines(const char *p, size_t n)
 {
     const uint64_t ones = 0x0101010101010101ull, nl = 0x0a0a0a0a0a0a0a0aull;
-    const uint64_t low7 = 0x7f7f7f7f7f7f7f7full;
+    const uint64_t low7 = 0x7f7f7f7f7f7f7f7full, even = 0x00ff00ff00ff00ffull;
     uint64_t total = 0;
     while (n >= 8) {
         uint64_t acc = 0;
@@ -217,7 +263,8 @@ static uint64_t count_newlines(const char *p, size_t n)
             uint64_t t = ((x & low7) + low7) | x; /* top bit clear only for zero bytes */
             acc += (~t >> 7) & ones;
         }
-        total += (acc * ones) >> 56; /* horizontal sum of the byte lanes */
+        uint64_t pairs = (acc & even) + ((acc >> 8) & even); /* 4 lanes of <= 510 */
+        total += (pairs * 0x0001000100010001ull) >> 48;      /* their sum, <= 2040 */
         n -= words * 8;
     }
     while (n--)
@@ -291,8 +338,8 @@ static void conn_flush(struct conn *c)
     set_events(c, 0);
 }
 
-/* Append one chat line "s<gid>:<seq>:<send_ns>[ padding]\n" to buf; returns its length. */
-static size_t format_line(char *buf, struct sender *s, uint64_t t)
+/* The next payload "s<gid>:<seq>:<send_ns>[ padding]" (no CR, LF or '*'); its length. */
+static size_t format_payload(char *buf, struct sender *s, uint64_t t)
 {
     s->sent++;
     int n = snprintf(buf, 64, "s%u:%llu:%llu", s->gid, (unsigned long long)s->sent,
@@ -303,38 +350,67 @@ static size_t format_line(char *buf, struct sender *s, uint64_t t)
         memcpy(buf + len, g.padding, (size_t)g.pad);
         len += (size_t)g.pad;
     }
+    return len;
+}
+
+/* PUBLISH chat PAYLOAD as a RESP array; returns its length (at most len + 64). */
+static size_t format_publish(char *buf, const char *payload, size_t len)
+{
+    size_t n = sizeof REDIS_PUBLISH_HEAD - 1;
+    memcpy(buf, REDIS_PUBLISH_HEAD, n);
+    n += (size_t)snprintf(buf + n, 32, "$%zu\r\n", len);
+    memcpy(buf + n, payload, len);
+    n += len;
+    buf[n++] = '\r';
+    buf[n++] = '\n';
+    return n;
+}
+
+/* Append the sender's next message to buf, in the target's protocol; returns its length. */
+static size_t format_line(char *buf, struct sender *s, uint64_t t)
+{
+    if (g.redis) {
+        char payload[MAX_LINE];
+        return format_publish(buf, payload, format_payload(payload, s, t));
+    }
+    size_t len = format_payload(buf, s, t);
     buf[len++] = '\n';
     return len;
+}
+
+/* A sender may send while its echo connection counts and its output connection is up. */
+static int sender_ready(const struct sender *s)
+{
+    return g.conns[s->conn].st == ST_COUNT && g.conns[s->out].st != ST_FAILED;
 }
 
 /* Window mode: top the sender up to --window unechoed lines, in one write. */
 static void sender_fill(struct sender *s)
 {
-    static char batch[64 * (MAX_LINE + 72)];
-    struct conn *c = &g.conns[s->conn];
-    if (g.phase != P_RUN || g.window <= 0 || c->st != ST_COUNT)
+    static char batch[64 * MAX_MSG];
+    if (g.phase != P_RUN || g.window <= 0 || !sender_ready(s))
         return;
     uint64_t t = now_ns();
-    while (s->sent - s->echoed < (uint64_t)g.window && c->st == ST_COUNT) {
+    while (s->sent - s->echoed < (uint64_t)g.window && sender_ready(s)) {
         size_t len = 0;
-        while (s->sent - s->echoed < (uint64_t)g.window && len + MAX_LINE + 72 < sizeof batch)
+        while (s->sent - s->echoed < (uint64_t)g.window && len + MAX_MSG < sizeof batch)
             len += format_line(batch + len, s, t);
-        conn_send(c, batch, len);
+        conn_send(&g.conns[s->out], batch, len);
     }
 }
 
 /* Rate mode: send every line that is due; skip (and count) lines the socket can't take. */
 static void rate_tick(uint64_t t)
 {
-    static char batch[64 * (MAX_LINE + 72)];
+    static char batch[64 * MAX_MSG];
     uint64_t interval = (uint64_t)(1e9 / g.rate);
     for (int i = 0; i < g.nsenders; i++) {
         struct sender *s = &g.senders[i];
-        struct conn *c = &g.conns[s->conn];
-        if (c->st != ST_COUNT)
+        struct conn *c = &g.conns[s->out];
+        if (!sender_ready(s))
             continue;
         size_t len = 0;
-        while (s->next_ns <= t && len + MAX_LINE + 72 < sizeof batch) {
+        while (s->next_ns <= t && len + MAX_MSG < sizeof batch) {
             if (c->out_len - c->out_off > RATE_SENDQ_CAP)
                 g.deferred++;
             else
@@ -358,13 +434,14 @@ static void conn_fail(struct conn *c, const char *why)
         return;
     if (c->st == ST_SYNC)
         g.in_sync--;
-    if (c->st == ST_COUNT || c->st == ST_SYNC) {
+    /* A publisher counts as its client: a sender that can't publish is a broken client. */
+    if (c->st == ST_COUNT || c->st == ST_SYNC || c->st == ST_PUB) {
         g.disconnected++;
         note_error("%s disconnected after registration: %s", c->name, why);
     } else {
         g.failed++;
         g.pending--;
-        note_error("client failed before registration: %s", why);
+        note_error("%s failed before registration: %s", c->pub ? "publisher" : "client", why);
     }
     c->st = ST_FAILED;
     epoll_ctl(g.ep, EPOLL_CTL_DEL, c->fd, NULL);
@@ -377,6 +454,20 @@ static int line_is(const char *line, size_t len, const char *want, size_t want_l
     while (len > 0 && line[len - 1] == ' ') /* tolerate a trailing space after a prompt */
         len--;
     return len == want_len && memcmp(line, want, len) == 0;
+}
+
+/* Lines read since the sync line, in deliveries (complete Redis messages). */
+static uint64_t delivered(const struct conn *c)
+{
+    return c->count / g.unit;
+}
+
+static uint64_t total_delivered(void)
+{
+    uint64_t n = 0;
+    for (int i = 0; i < g.nclients; i++)
+        n += delivered(&g.conns[i]);
+    return n;
 }
 
 /* An echo of one of this client's own lines: check its order, record its latency. */
@@ -400,7 +491,33 @@ static void own_echo(struct sender *s, const char *p, size_t len, uint64_t t)
     }
     if (seq > s->echoed)
         s->echoed = seq;
-    record_latency(t - sent_ns);
+    record_latency(&g.echo, t - sent_ns);
+}
+
+/* An observer's line: the payload "s<gid>:<seq>:<send_ns>..." of any sender, timed. */
+static void observe(const char *p, size_t len, uint64_t t)
+{
+    const char *end = p + len;
+    if (p == end || *p++ != 's')
+        return;
+    for (int field = 0; field < 2; field++) { /* skip <gid>: and <seq>: */
+        while (p < end && *p >= '0' && *p <= '9')
+            p++;
+        if (p == end || *p++ != ':')
+            return;
+    }
+    uint64_t sent_ns = 0;
+    const char *digits = p;
+    for (; p < end && *p >= '0' && *p <= '9'; p++)
+        sent_ns = sent_ns * 10 + (uint64_t)(*p - '0');
+    if (p > digits && sent_ns <= t)
+        record_latency(&g.seen, t - sent_ns);
+}
+
+/* Clients that must look at their lines: senders (own echoes) and observers. */
+static int parses(const struct conn *c)
+{
+    return c->sender >= 0 || c->observer;
 }
 
 static void on_registered(struct conn *c)
@@ -412,9 +529,94 @@ static void on_registered(struct conn *c)
     g.pending--;
 }
 
-/* One complete line (without its newline) in line mode. */
+static void on_publisher_ready(struct conn *c)
+{
+    c->st = ST_PUB;
+    g.pending--;
+}
+
+/* The sync line (chat) or sync message payload (Redis): counting starts after it. */
+static void on_sync_line(struct conn *c, const char *line, size_t len)
+{
+    if (line_is(line, len, g.sync_line, g.sync_len)) {
+        c->st = ST_COUNT;
+        g.in_sync--;
+    }
+}
+
+/* Is this Redis payload line "s<gid>:..." one of sender gid's own lines? */
+static int payload_from(const char *line, size_t len, unsigned gid)
+{
+    if (len < 2 || line[0] != 's')
+        return 0;
+    unsigned v = 0;
+    size_t i = 1;
+    for (; i < len && line[i] >= '0' && line[i] <= '9'; i++)
+        v = v * 10 + (unsigned)(line[i] - '0');
+    return i > 1 && i < len && line[i] == ':' && v == gid;
+}
+
+/* One CRLF-terminated part of a Redis reply or push, without the CRLF. */
+static void on_redis_line(struct conn *c, const char *line, size_t len, uint64_t t)
+{
+    switch (c->st) {
+    case ST_JOIN:
+        if (len > 0 && line[0] == '-') {
+            char why[120];
+            snprintf(why, sizeof why, "redis: %.*s", (int)(len < 100 ? len : 100), line);
+            conn_fail(c, why); /* e.g. "-ERR max number of clients reached" */
+        } else if (c->pub && line_is(line, len, "+PONG", 5)) {
+            on_publisher_ready(c);
+        } else if (!c->pub && len > 0 && line[0] == ':') {
+            on_registered(c); /* ":1" ends the subscribe confirmation */
+        }
+        break;
+    case ST_SYNC:
+        on_sync_line(c, line, len);
+        break;
+    case ST_COUNT:
+        c->count++;
+        if (c->sender >= 0 && payload_from(line, len, g.senders[c->sender].gid))
+            own_echo(&g.senders[c->sender], line, len, t);
+        else if (c->observer)
+            observe(line, len, t); /* ignores the parts that are not a payload */
+        break;
+    default:
+        break; /* ST_PUB: PUBLISH replies, nothing to check */
+    }
+}
+
+static void on_payload(struct conn *c, const char *p, size_t len, uint64_t t)
+{
+    if (c->sender >= 0)
+        own_echo(&g.senders[c->sender], p, len, t);
+    else
+        observe(p, len, t);
+}
+
+/* A Redis sender's or observer's complete lines p[0..n), n ending after a '\n', in bulk:
+ * count the newlines and find the payloads it wants by how their line starts: "\ns<gid>:"
+ * for a sender's own, "\ns" for any (nothing else in a "message" push starts with 's'),
+ * instead of splitting seven parts per message. */
+static void scan_payloads(struct conn *c, const char *p, size_t n, uint64_t t)
+{
+    const char *mark = c->sender >= 0 ? g.senders[c->sender].mark : "\ns";
+    size_t mark_len = c->sender >= 0 ? g.senders[c->sender].mark_len : 2;
+    const char *end = p + n;
+    c->count += count_newlines(p, n);
+    if (n >= mark_len - 1 && memcmp(p, mark + 1, mark_len - 1) == 0)
+        on_payload(c, p, n, t); /* p starts a line too */
+    for (const char *q = p; (q = memmem(q, (size_t)(end - q), mark, mark_len)); q += mark_len)
+        on_payload(c, q + 1, (size_t)(end - q - 1), t);
+}
+
+/* One complete line (without its newline). */
 static void on_line(struct conn *c, const char *line, size_t len, uint64_t t)
 {
+    if (g.redis) {
+        on_redis_line(c, line, len > 0 && line[len - 1] == '\r' ? len - 1 : len, t);
+        return;
+    }
     switch (c->st) {
     case ST_PROMPT:
         if (line_is(line, len, "? name:", 7)) {
@@ -437,18 +639,18 @@ static void on_line(struct conn *c, const char *line, size_t len, uint64_t t)
         break; /* anything else is history replay */
     }
     case ST_SYNC:
-        if (line_is(line, len, g.sync_line, g.sync_len)) {
-            c->st = ST_COUNT;
-            g.in_sync--;
-        }
+        on_sync_line(c, line, len);
         break;
     case ST_COUNT:
         c->count++;
-        g.recv_total++;
         if (c->sender >= 0 && len > c->name_len + 2 && memcmp(line, c->name, c->name_len) == 0
             && line[c->name_len] == ':' && line[c->name_len + 1] == ' ') {
             struct sender *s = &g.senders[c->sender];
             own_echo(s, line + c->name_len + 2, len - c->name_len - 2, t);
+        } else if (c->observer) {
+            const char *colon = memchr(line, ':', len); /* "NAME: PAYLOAD" */
+            if (colon && (size_t)(colon - line) + 2 < len && colon[1] == ' ')
+                observe(colon + 2, len - (size_t)(colon - line) - 2, t);
         }
         break;
     default:
@@ -488,11 +690,17 @@ static void feed_lines(struct conn *c, const char *p, size_t n, uint64_t t)
         }
         p = nl + 1;
         /* A plain receiver that just synced needs no more parsing: count the rest. */
-        if (c->st == ST_COUNT && c->sender < 0) {
-            uint64_t k = count_newlines(p, (size_t)(end - p));
-            c->count += k;
-            g.recv_total += k;
+        if (c->st == ST_COUNT && !parses(c)) {
+            c->count += count_newlines(p, (size_t)(end - p));
             return;
+        }
+        /* Redis senders and observers scan complete lines in bulk; a partial one is carried. */
+        const char *last = NULL;
+        if (g.redis && c->st == ST_COUNT)
+            last = memrchr(p, '\n', (size_t)(end - p));
+        if (last) {
+            scan_payloads(c, p, (size_t)(last + 1 - p), t);
+            p = last + 1;
         }
     }
 }
@@ -506,12 +714,15 @@ static void on_readable(struct conn *c, uint64_t t)
         conn_fail(c, n == 0 ? "server closed the connection" : strerror(errno));
         return;
     }
-    if (c->st == ST_COUNT && c->sender < 0) {
-        uint64_t k = count_newlines(g.rbuf, (size_t)n); /* the hot path */
-        c->count += k;
-        g.recv_total += k;
+    g.run_reads += g.phase == P_RUN && !c->pub;
+    if (c->st == ST_COUNT && !parses(c)) {
+        c->count += count_newlines(g.rbuf, (size_t)n); /* the hot path */
         return;
     }
+    if (c->st == ST_PUB)
+        return; /* PUBLISH replies (":N"): read only so they don't pile up */
+    if (parses(c))
+        t = now_ns(); /* when the lines were read, not when this epoll batch began */
     feed_lines(c, g.rbuf, (size_t)n, t);
     if (c->sender >= 0 && c->st == ST_COUNT)
         sender_fill(&g.senders[c->sender]);
@@ -582,8 +793,16 @@ static void on_connected(struct conn *c)
         conn_fail(c, strerror(err));
         return;
     }
-    c->st = ST_PROMPT;
     set_events(c, 0);
+    if (!g.redis) {
+        c->st = ST_PROMPT; /* wait for "? name:" */
+        return;
+    }
+    c->st = ST_JOIN;
+    if (c->pub)
+        conn_send(c, REDIS_PING, sizeof REDIS_PING - 1);
+    else
+        conn_send(c, REDIS_SUBSCRIBE, sizeof REDIS_SUBSCRIBE - 1);
 }
 
 static void on_conn_event(uint32_t idx, uint32_t events, uint64_t t)
@@ -662,53 +881,78 @@ static void print_ready(void)
     fflush(stdout);
 }
 
-static void print_results(void)
+struct tally {
+    uint64_t missing, extra, cmin, cmax;
+};
+
+/* Every client's deliveries against the expected count: loss and duplication. */
+static struct tally tally_clients(void)
 {
-    uint64_t missing = 0, extra = 0, cmin = UINT64_MAX, cmax = 0;
-    int counted = 0;
+    struct tally r = {0, 0, UINT64_MAX, 0};
+    int counted = 0, partial = 0;
     for (int i = 0; i < g.nclients; i++) {
         struct conn *c = &g.conns[i];
         if (c->st != ST_COUNT && !(c->st == ST_FAILED && c->count))
             continue;
+        uint64_t n = delivered(c);
         counted++;
-        if (c->count < g.expect)
-            missing += g.expect - c->count;
+        partial += c->count % g.unit != 0;
+        if (n < g.expect)
+            r.missing += g.expect - n;
         else
-            extra += c->count - g.expect;
-        cmin = c->count < cmin ? c->count : cmin;
-        cmax = c->count > cmax ? c->count : cmax;
+            r.extra += n - g.expect;
+        r.cmin = n < r.cmin ? n : r.cmin;
+        r.cmax = n > r.cmax ? n : r.cmax;
     }
     /* Clients that registered but dropped before counting anything still owed lines. */
-    missing += (uint64_t)(g.registered - counted) * g.expect;
+    r.missing += (uint64_t)(g.registered - counted) * g.expect;
+    if (!counted)
+        r.cmin = 0;
+    if (partial) /* a message cut short, or a push that is not a 7-part "message" */
+        note_error("%d client(s) ended inside a Redis message (newlines not a multiple of 7)",
+                   partial);
+    return r;
+}
+
+/* "PREFIX_count":N,"PREFIX_max_ns":N,"PREFIX_hist":[[midpoint_ns,count],...], */
+static void print_latency(const char *prefix, const struct latency *l)
+{
+    printf("\"%s_count\":%llu,\"%s_max_ns\":%llu,\"%s_hist\":[", prefix,
+           (unsigned long long)l->count, prefix, (unsigned long long)l->max, prefix);
+    int first = 1;
+    for (unsigned i = 0; i < HIST_BUCKETS; i++) {
+        if (!l->hist[i])
+            continue;
+        printf("%s[%llu,%llu]", first ? "" : ",", (unsigned long long)hist_mid(i),
+               (unsigned long long)l->hist[i]);
+        first = 0;
+    }
+    printf("],");
+}
+
+static void print_results(void)
+{
+    struct tally r = tally_clients();
     uint64_t sent = total_sent();
     printf("{\"clients\":%d,\"registered\":%d,\"failed\":%d,\"disconnected\":%d,"
            "\"connect_s\":%.6f,\"register_s\":%.6f,\"sent\":%llu,\"expect\":%llu,"
            "\"received\":%llu,\"received_at_stop\":%llu,\"missing\":%llu,\"extra\":%llu,"
            "\"count_min\":%llu,\"count_max\":%llu,\"echo_errors\":%llu,\"deferred\":%llu,"
-           "\"run_s\":%.6f,\"drain_s\":%.6f,\"cpu_s\":%.6f,\"lat_count\":%llu,"
-           "\"lat_max_ns\":%llu,",
+           "\"run_s\":%.6f,\"drain_s\":%.6f,\"cpu_s\":%.6f,\"run_reads\":%llu,",
            g.nclients, g.registered, g.failed, g.disconnected, secs(g.t_start, g.t_connected),
            secs(g.t_start, g.t_registered), (unsigned long long)sent,
-           (unsigned long long)g.expect, (unsigned long long)g.recv_total,
-           (unsigned long long)g.recv_at_stop, (unsigned long long)missing,
-           (unsigned long long)extra, (unsigned long long)(counted ? cmin : 0),
-           (unsigned long long)cmax, (unsigned long long)g.echo_errors,
+           (unsigned long long)g.expect, (unsigned long long)total_delivered(),
+           (unsigned long long)g.recv_at_stop, (unsigned long long)r.missing,
+           (unsigned long long)r.extra, (unsigned long long)r.cmin,
+           (unsigned long long)r.cmax, (unsigned long long)g.echo_errors,
            (unsigned long long)g.deferred, secs(g.t_go, g.t_stop), secs(g.t_stop, g.t_drain),
-           cpu_secs(&g.ru_go, &g.ru_stop), (unsigned long long)g.lat_count,
-           (unsigned long long)g.lat_max);
+           cpu_secs(&g.ru_go, &g.ru_stop), (unsigned long long)g.run_reads);
     printf("\"sent_per_sender\":[");
     for (int i = 0; i < g.nsenders; i++)
         printf("%s%llu", i ? "," : "", (unsigned long long)g.senders[i].sent);
-    printf("],\"lat_hist\":[");
-    int first = 1;
-    for (unsigned i = 0; i < HIST_BUCKETS; i++) {
-        if (!g.hist[i])
-            continue;
-        printf("%s[%llu,%llu]", first ? "" : ",", (unsigned long long)hist_mid(i),
-               (unsigned long long)g.hist[i]);
-        first = 0;
-    }
     printf("],");
+    print_latency("lat", &g.echo);
+    print_latency("seen", &g.seen);
     print_errors();
     printf("}\n");
     fflush(stdout);
@@ -716,16 +960,22 @@ static void print_results(void)
 
 /* ---- orchestration ---- */
 
+/* Client 0 says the sync token: as a chat line, or published by its Redis publisher. */
 static void send_sync_line(void)
 {
-    struct conn *c = &g.conns[0];
-    if (c->st != ST_SYNC && c->st != ST_COUNT) {
+    struct conn *c = &g.conns[g.redis ? g.nclients : 0];
+    int ready = g.redis ? c->st == ST_PUB : c->st == ST_SYNC || c->st == ST_COUNT;
+    if (!ready) {
         fprintf(stderr, "genclient: sync client is not registered\n");
         exit(2);
     }
-    char msg[128];
-    int n = snprintf(msg, sizeof msg, "%s\n", g.sync_token);
-    conn_send(c, msg, (size_t)n);
+    char msg[256];
+    size_t n = strlen(g.sync_token);
+    if (g.redis)
+        n = format_publish(msg, g.sync_token, n);
+    else
+        n = (size_t)snprintf(msg, sizeof msg, "%s\n", g.sync_token);
+    conn_send(c, msg, n);
 }
 
 /* Registration timed out: count every client not registered yet as failed, so "ready"
@@ -734,7 +984,7 @@ static void abort_registration(void)
 {
     if (g.phase != P_CONNECT)
         return;
-    for (int i = 0; i < g.nclients; i++) {
+    for (int i = 0; i < g.nconns; i++) {
         struct conn *c = &g.conns[i];
         if (c->st == ST_CONNECTING || c->st == ST_PROMPT || c->st == ST_JOIN)
             conn_fail(c, "registration timed out");
@@ -766,9 +1016,9 @@ static void on_command(char *line)
         g.phase = P_STOPPED;
         g.t_stop = t;
         getrusage(RUSAGE_SELF, &g.ru_stop);
-        g.recv_at_stop = g.recv_total;
+        g.recv_at_stop = total_delivered();
         uint64_t sent = total_sent();
-        printf("sent %llu %llu\n", (unsigned long long)sent, (unsigned long long)g.recv_total);
+        printf("sent %llu %llu\n", (unsigned long long)sent, (unsigned long long)g.recv_at_stop);
         fflush(stdout);
     } else if (strncmp(line, "expect ", 7) == 0) {
         double timeout = 5.0;
@@ -820,7 +1070,7 @@ static void check_phase(uint64_t t)
     } else if (g.phase == P_DRAIN) {
         int done = 1;
         for (int i = 0; i < g.nclients && done; i++)
-            if (g.conns[i].st == ST_COUNT && g.conns[i].count < g.expect)
+            if (g.conns[i].st == ST_COUNT && delivered(&g.conns[i]) < g.expect)
                 done = 0;
         if (done && !g.drain_matched)
             g.drain_matched = t;
@@ -838,7 +1088,7 @@ static void check_phase(uint64_t t)
             printf("r %d %d\n", g.registered, g.failed);
         else if (g.phase == P_RUN)
             printf("p %llu %llu\n", (unsigned long long)total_sent(),
-                   (unsigned long long)g.recv_total);
+                   (unsigned long long)total_delivered());
         fflush(stdout);
     }
 }
@@ -864,7 +1114,7 @@ static void usage(void)
             "usage: genclient --port P --clients N --prefix NAME --sync-name NAME\n"
             "  --sync-token TEXT [--host H] [--senders S] [--sender-base B] [--window W |\n"
             "  --rate LINES_PER_S_PER_SENDER] [--pad BYTES] [--sources A,B] [--inflight K]\n"
-            "  [--progress-ms MS] [--sync-sender]\n");
+            "  [--progress-ms MS] [--sync-sender] [--proto line|redis] [--observers K]\n");
     exit(2);
 }
 
@@ -877,6 +1127,14 @@ static void parse_sources(char *list)
     }
 }
 
+static void parse_proto(const char *name)
+{
+    if (strcmp(name, "redis") == 0)
+        g.redis = 1;
+    else if (strcmp(name, "line") != 0)
+        usage();
+}
+
 static void parse_args(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -887,7 +1145,8 @@ static void parse_args(int argc, char **argv)
         {"pad", required_argument, 0, 'z'},      {"sources", required_argument, 0, 'a'},
         {"inflight", required_argument, 0, 'i'}, {"progress-ms", required_argument, 0, 'g'},
         {"sync-name", required_argument, 0, 'y'}, {"sync-token", required_argument, 0, 't'},
-        {"sync-sender", no_argument, 0, 'Y'},    {0, 0, 0, 0}};
+        {"sync-sender", no_argument, 0, 'Y'},    {"proto", required_argument, 0, 'P'},
+        {"observers", required_argument, 0, 'o'}, {0, 0, 0, 0}};
     g.host = "127.0.0.1";
     g.inflight = 256;
     g.progress_ms = 250;
@@ -909,12 +1168,14 @@ static void parse_args(int argc, char **argv)
         case 'y': g.sync_name = optarg; break;
         case 't': g.sync_token = optarg; break;
         case 'Y': g.sync_sender = 1; break;
+        case 'P': parse_proto(optarg); break;
+        case 'o': g.nobservers = atoi(optarg); break;
         default: usage();
         }
     }
     if (!g.port || g.nclients <= 0 || !g.prefix || !g.sync_name || !g.sync_token
         || g.nsenders < 0 || g.nsenders > g.nclients || g.pad < 0 || g.pad > 4000
-        || g.inflight <= 0 || strlen(g.prefix) > 24)
+        || g.inflight <= 0 || strlen(g.prefix) > 24 || g.nobservers < 0)
         usage();
     if (g.nsenders > 0 && (g.window > 0) == (g.rate > 0))
         usage(); /* exactly one of window or rate */
@@ -930,6 +1191,41 @@ static void raise_nofile(void)
     }
 }
 
+/* The clients, then (Redis) one publisher per sender, or one for the sync client. */
+static void setup_conns(void)
+{
+    g.npubs = !g.redis ? 0 : g.nsenders ? g.nsenders : g.sync_sender;
+    g.nconns = g.nclients + g.npubs;
+    g.unit = g.redis ? REDIS_LINES_PER_MESSAGE : 1;
+    g.conns = calloc((size_t)g.nconns, sizeof *g.conns);
+    g.senders = calloc((size_t)(g.nsenders ? g.nsenders : 1), sizeof *g.senders);
+    g.rbuf = malloc(READ_CHUNK);
+    if (!g.conns || !g.senders || !g.rbuf)
+        die("malloc");
+    memset(g.padding, 'x', sizeof g.padding);
+    for (int i = 0; i < g.nconns; i++) {
+        struct conn *c = &g.conns[i];
+        int client = i < g.nclients ? i : i - g.nclients; /* a publisher's client */
+        c->fd = -1;
+        c->pub = i >= g.nclients;
+        c->sender = !c->pub && i < g.nsenders ? i : -1; /* the first clients send */
+        c->name_len = (size_t)snprintf(c->name, sizeof c->name, "%s%d%s", g.prefix, client,
+                                       c->pub ? "-pub" : "");
+    }
+    /* Observers: non-senders spread evenly over the join (connect) order. */
+    int others = g.nclients - g.nsenders;
+    int nobs = g.nobservers < others ? g.nobservers : others;
+    for (int j = 0; j < nobs; j++)
+        g.conns[g.nsenders + (int)((2 * (int64_t)j + 1) * others / (2 * nobs))].observer = 1;
+    for (int i = 0; i < g.nsenders; i++) {
+        g.senders[i].conn = i;
+        g.senders[i].out = g.redis ? g.nclients + i : i;
+        g.senders[i].gid = g.sender_base + (unsigned)i;
+        g.senders[i].mark_len = (size_t)snprintf(g.senders[i].mark, sizeof g.senders[i].mark,
+                                                 "\ns%u:", g.senders[i].gid);
+    }
+}
+
 static void setup(void)
 {
     g.dst.sin_family = AF_INET;
@@ -938,24 +1234,12 @@ static void setup(void)
         fprintf(stderr, "genclient: --host must be an IPv4 address: %s\n", g.host);
         exit(2);
     }
-    g.conns = calloc((size_t)g.nclients, sizeof *g.conns);
-    g.senders = calloc((size_t)(g.nsenders ? g.nsenders : 1), sizeof *g.senders);
-    g.rbuf = malloc(READ_CHUNK);
-    if (!g.conns || !g.senders || !g.rbuf)
-        die("malloc");
-    memset(g.padding, 'x', sizeof g.padding);
-    for (int i = 0; i < g.nclients; i++) {
-        struct conn *c = &g.conns[i];
-        c->fd = -1;
-        c->sender = i < g.nsenders ? i : -1; /* the first clients are the senders */
-        c->name_len = (size_t)snprintf(c->name, sizeof c->name, "%s%d", g.prefix, i);
-    }
-    for (int i = 0; i < g.nsenders; i++) {
-        g.senders[i].conn = i;
-        g.senders[i].gid = g.sender_base + (unsigned)i;
-    }
-    g.sync_len = (size_t)snprintf(g.sync_line, sizeof g.sync_line, "%s: %s", g.sync_name,
-                                  g.sync_token);
+    setup_conns();
+    if (g.redis) /* the sync message's payload is the bare token */
+        g.sync_len = (size_t)snprintf(g.sync_line, sizeof g.sync_line, "%s", g.sync_token);
+    else
+        g.sync_len = (size_t)snprintf(g.sync_line, sizeof g.sync_line, "%s: %s", g.sync_name,
+                                      g.sync_token);
     g.ep = epoll_create1(EPOLL_CLOEXEC);
     if (g.ep < 0)
         die("epoll_create1");
@@ -974,6 +1258,8 @@ int main(int argc, char **argv)
     unsigned rotation = 0;
     g.t_start = now_ns();
     g.next_progress = g.t_start;
+    for (int i = g.nclients; i < g.nconns; i++)
+        start_connect(i); /* the few Redis publishers first */
     connect_more();
     while (!g.quit) {
         int n = epoll_wait(g.ep, evs, MAX_EVENTS, next_timeout(now_ns()));
@@ -996,7 +1282,7 @@ int main(int argc, char **argv)
             rate_tick(t);
         check_phase(t);
     }
-    for (int i = 0; i < g.nclients; i++)
+    for (int i = 0; i < g.nconns; i++)
         if (g.conns[i].fd >= 0)
             close(g.conns[i].fd);
     return 0;

@@ -3,11 +3,14 @@
     python bench/loadtest.py --clients 1000 --senders 10 --window 8 --duration 10
     python bench/loadtest.py --sweep 10,100,1000,5000 --runs 3
     python bench/loadtest.py --idle 20000
+    python bench/loadtest.py --compare redis --clients 1000 --senders 10 --window 8 --duration 8
 
 Starts a server on a free loopback port (or targets --host/--port), connects simulated
 clients through the real handshake in C (or Python) worker processes, waits until every
 client is registered, lets some of them send, and checks that every client received every
-line exactly once. See bench/README.md for the method and every flag.
+line exactly once. --target redis runs the same workload against Redis pub/sub, and
+--compare redis runs both in one invocation and prints their ratios. See bench/README.md
+for the method and every flag.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import math
 import os
 import random
 import resource
+import shlex
+import shutil
 import socket
 import string
 import sys
@@ -40,6 +45,8 @@ PORTS_PER_SOURCE = 20_000  # of ~28k ephemeral ports per address pair, leaving h
 MAX_IDLE = 50_000
 IDLE_SETTLE_S = 1.0  # let the server finish the last join broadcasts before reading RSS
 REGISTER_STALL_S = 20.0  # no client registered or failed for this long: give up
+TARGETS = ("geventchat", "redis")
+PROTOCOLS = {"geventchat": "line", "redis": "redis"}  # genclient --proto per target
 
 
 class BenchError(RuntimeError):
@@ -105,6 +112,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "process can't hold enough descriptors)",
     )
     gen.add_argument(
+        "--observers",
+        type=int,
+        default=8,
+        metavar="K",
+        help="non-sending clients, spread over the join order, that time every line they "
+        "get (8; C engine)",
+    )
+    gen.add_argument(
         "--drain",
         type=float,
         default=5.0,
@@ -118,6 +133,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="give up registering after this long (60 + N/200)",
     )
     tgt = p.add_argument_group("server")
+    tgt.add_argument(
+        "--target",
+        choices=TARGETS,
+        default="geventchat",
+        help="what to measure: geventchat, or Redis pub/sub with the same workload (geventchat)",
+    )
+    tgt.add_argument(
+        "--compare",
+        choices=("redis",),
+        help="measure geventchat, then Redis pub/sub with the same workload (a "
+        "redis-server started on a free port); print both and their ratios",
+    )
+    tgt.add_argument(
+        "--redis-server",
+        default="redis-server",
+        metavar="CMD",
+        help="the redis-server executable for --target/--compare redis (redis-server)",
+    )
     tgt.add_argument("--host", help="target a running server instead of starting one")
     tgt.add_argument("--port", type=int, help="its port (with --host; default 9999)")
     tgt.add_argument(
@@ -169,17 +202,33 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--rate must be positive")
     if args.clients < 1 or args.senders < 0 or args.duration <= 0 or args.runs < 1:
         p.error("--clients, --duration and --runs must be positive, --senders >= 0")
+    if args.observers < 0:
+        p.error("--observers must be >= 0")
     if not 0 <= args.size <= 4000:
         p.error("--size must be 0..4000 (the server drops lines over 4096 bytes)")
     if args.idle is not None and not 1 <= args.idle <= MAX_IDLE:
         p.error(f"--idle must be 1..{MAX_IDLE}")
     if args.idle is not None and args.sweep:
         p.error("--idle and --sweep are separate modes")
+    _check_target_args(p, args)
     if args.port is not None and args.host is None:
         args.host = "127.0.0.1"
     if args.host is not None and args.port is None:
         args.port = 9999
     args.sweep_points = _parse_sweep(p, args.sweep) if args.sweep else None
+
+
+def _check_target_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--compare starts both servers itself and is one point; Redis needs the C engine."""
+    if args.compare:
+        if args.host is not None or args.port is not None:
+            p.error("--compare starts both servers itself: drop --host/--port")
+        if args.sweep or args.idle is not None:
+            p.error("--compare measures one point: drop --sweep/--idle")
+        if args.target != "geventchat":
+            p.error("--compare already measures both targets: drop --target")
+    if (args.compare or args.target == "redis") and args.engine == "python":
+        p.error("the Redis protocol is only in the C engine: drop --engine python")
 
 
 def _parse_sweep(p: argparse.ArgumentParser, text: str) -> list[int]:
@@ -195,12 +244,14 @@ def _parse_sweep(p: argparse.ArgumentParser, text: str) -> list[int]:
 # ---- setup ----
 
 
-def choose_engine(wanted: str) -> str:
-    """auto means C when it can be built; the Python engine is the fallback."""
+def choose_engine(wanted: str, target_name: str = "geventchat") -> str:
+    """auto means C when it can be built; the Python engine is the fallback (not for Redis)."""
     if wanted != "auto":
         return wanted
     if workers.C_BINARY.exists() or workers.have_gcc():
         return "c"
+    if target_name == "redis":
+        raise BenchError("the Redis protocol needs the C engine, and gcc was not found")
     print("note: gcc not found, using the Python engine (much lower ceiling)", file=sys.stderr)
     return "python"
 
@@ -225,12 +276,26 @@ def source_addresses(clients: int, host: str) -> list[str]:
     return [f"127.0.0.{i + 1}" for i in range(math.ceil(clients / PORTS_PER_SOURCE))]
 
 
+def connections(target_name: str, clients: int, senders: int) -> int:
+    """Connections to the server: with Redis, each sender also has a publisher connection."""
+    return clients + (max(senders, 1) if target_name == "redis" else 0)
+
+
 @contextlib.contextmanager
-def open_target(args: argparse.Namespace, clients: int) -> Iterator[target.Target]:
-    """Start a server for this run, or attach to --host/--port."""
+def open_target(
+    args: argparse.Namespace, conns: int, target_name: str = "geventchat"
+) -> Iterator[target.Target]:
+    """Start a server (geventchat or redis-server) for this run, or attach to --host/--port.
+
+    ``conns`` is how many connections it must accept (Redis publishers included).
+    """
+    if args.host is None and target_name == "redis":
+        with target.RedisProcess(args.redis_server, max_clients=conns + 100) as tgt:
+            yield tgt
+        return
     if args.host is None:
         cmd = target.parse_server_cmd(args.server_cmd)
-        with target.ServerProcess(cmd, max_clients=clients + 100) as tgt:
+        with target.ServerProcess(cmd, max_clients=conns + 100) as tgt:
             yield tgt
         return
     try:
@@ -355,13 +420,17 @@ def run_config(
     senders: int,
     nworkers: int,
     tgt: target.Target,
+    target_name: str = "geventchat",
 ) -> dict[str, Any]:
     """The parameters of one run, as they appear in --json and the summary header."""
     return {
+        "target": target_name,
+        **server_identity(args, tgt, target_name),
         "engine": engine,
         "workers": nworkers,
         "clients": clients,
         "senders": senders,
+        "observers": min(args.observers, clients - senders) if engine == "c" else 0,
         "mode": "rate" if args.rate else "window",
         "window": args.window,
         "rate": args.rate,
@@ -370,8 +439,21 @@ def run_config(
         "host": tgt.host,
         "port": tgt.port,
         "server_started": tgt.started,
-        "server_cmd": " ".join(target.parse_server_cmd(args.server_cmd)) if tgt.started else None,
     }
+
+
+def server_identity(
+    args: argparse.Namespace, tgt: target.Target, target_name: str
+) -> dict[str, str | None]:
+    """The command that started the server (None if attached) and, for Redis, its version."""
+    if target_name == "redis":
+        binary = tgt.command[0] if tgt.command else shutil.which(args.redis_server)
+        return {
+            "server_cmd": shlex.join(tgt.command) if tgt.started else None,
+            "server_version": target.redis_version(binary) if binary else None,
+        }
+    cmd = " ".join(target.parse_server_cmd(args.server_cmd)) if tgt.started else None
+    return {"server_cmd": cmd, "server_version": None}
 
 
 def worker_commands(
@@ -382,6 +464,7 @@ def worker_commands(
     senders: int,
     run_id: str,
     sources: list[str],
+    target_name: str = "geventchat",
 ) -> list[list[str]]:
     """One command line per worker; the sync line comes from worker 0's first client."""
     base = workers.engine_command(engine)
@@ -398,30 +481,32 @@ def worker_commands(
             rate_per_sender,
             args.size,
             sources,
+            PROTOCOLS[target_name],
         )
         for plan in plans
     ]
 
 
-def run_once(args: argparse.Namespace, clients: int) -> dict[str, Any]:
+def run_once(args: argparse.Namespace, clients: int, target_name: str) -> dict[str, Any]:
     """One complete measurement at ``clients`` clients; returns report.summarise()."""
     senders = min(args.senders, clients)
-    engine = choose_engine(args.engine)
-    nworkers, note = workers_needed(args.workers, clients)
+    engine = choose_engine(args.engine, target_name)
+    conns = connections(target_name, clients, senders)
+    nworkers, note = workers_needed(args.workers, conns)
     nworkers = min(nworkers, clients)
     run_id = random_id()
-    plans = workers.plan_workers(clients, senders, nworkers, run_id)
-    with open_target(args, clients) as tgt:
-        warnings = [w for w in (note, target.nofile_warning(tgt.pid, clients)) if w]
+    observers = args.observers if engine == "c" else 0  # pyclient has no observers
+    plans = workers.plan_workers(clients, senders, nworkers, run_id, observers)
+    with open_target(args, conns, target_name) as tgt:
+        warnings = [w for w in (note, target.nofile_warning(tgt.pid, conns)) if w]
         warnings += tgt.warnings
         if senders < args.senders:
             warnings.append(f"--senders capped at {senders} (the number of clients)")
         for w in warnings:
             warn(w)
-        config = run_config(args, engine, clients, senders, len(plans), tgt)
-        commands = worker_commands(
-            args, engine, plans, tgt, senders, run_id, source_addresses(clients, tgt.host)
-        )
+        config = run_config(args, engine, clients, senders, len(plans), tgt, target_name)
+        sources = source_addresses(conns, tgt.host)
+        commands = worker_commands(args, engine, plans, tgt, senders, run_id, sources, target_name)
         monitor = target.Monitor(tgt.pid)
         try:
             with workers.WorkerGroup(commands) as group:
@@ -443,10 +528,44 @@ def run_once(args: argparse.Namespace, clients: int) -> dict[str, Any]:
     return summary
 
 
-def run_point(args: argparse.Namespace, clients: int) -> dict[str, Any]:
-    """--runs repeats of one point, folded into their median."""
-    runs = [run_once(args, clients) for _ in range(args.runs)]
+def run_point(
+    args: argparse.Namespace, clients: int, target_name: str | None = None
+) -> dict[str, Any]:
+    """--runs repeats of one point against one target (--target), folded into their median."""
+    name = target_name or args.target
+    runs = [run_once(args, clients, name) for _ in range(args.runs)]
     return runs[0] if len(runs) == 1 else report.median_run(runs)
+
+
+# ---- comparison with Redis ----
+
+
+def run_compare(args: argparse.Namespace) -> dict[str, Any]:
+    """geventchat, then Redis pub/sub: the same workload, machine and generator, one run.
+
+    Ratios are only meaningful between runs that shared the machine's state (other load,
+    CPU frequency, kernel), so both targets are measured back to back by one invocation.
+    Without redis-server the geventchat run still happens, and the skip is reported.
+    """
+    skipped = redis_missing(args)
+    if skipped:
+        warn(f"{skipped}; measuring geventchat only (Redis skipped)")
+    print("compare: geventchat", file=sys.stderr)
+    ours = run_point(args, args.clients, "geventchat")
+    theirs = None
+    if not skipped:
+        print("compare: redis", file=sys.stderr)
+        theirs = run_point(args, args.clients, "redis")
+    return report.compare_result(ours, theirs, skipped)
+
+
+def redis_missing(args: argparse.Namespace) -> str | None:
+    """Why Redis can't be measured here (redis-server not installed), or None."""
+    try:
+        target.redis_binary(args.redis_server)
+    except target.TargetUnavailable as exc:
+        return str(exc)
+    return None
 
 
 # ---- idle mode ----
@@ -455,18 +574,19 @@ def run_point(args: argparse.Namespace, clients: int) -> dict[str, Any]:
 def run_idle(args: argparse.Namespace) -> dict[str, Any]:
     """Connect N idle clients; server RSS per connection and time to register them all."""
     n = args.idle
-    engine = choose_engine(args.engine)
-    nworkers, note = workers_needed(args.workers, n)
+    engine = choose_engine(args.engine, args.target)
+    conns = connections(args.target, n, 0)
+    nworkers, note = workers_needed(args.workers, conns)
     plans = workers.plan_workers(n, 0, min(nworkers, n), random_id())
-    with open_target(args, n) as tgt:
-        warnings = [w for w in (note, target.nofile_warning(tgt.pid, n)) if w]
+    with open_target(args, conns, args.target) as tgt:
+        warnings = [w for w in (note, target.nofile_warning(tgt.pid, conns)) if w]
         warnings += tgt.warnings
         if tgt.pid is None:
             warnings.append("server pid unknown (--server-pid): no RSS figures")
         for w in warnings:
             warn(w)
         sources = source_addresses(n, tgt.host)
-        commands = worker_commands(args, engine, plans, tgt, 0, "idle", sources)
+        commands = worker_commands(args, engine, plans, tgt, 0, "idle", sources, args.target)
         monitor = target.Monitor(tgt.pid)
         try:
             time.sleep(0.2)
@@ -501,6 +621,7 @@ def idle_result(
     mb = report.MB
     return {
         "idle": args.idle,
+        "target": args.target,
         "engine": engine,
         "workers": nworkers,
         "sources": sources,
@@ -540,7 +661,7 @@ def sweep_title(args: argparse.Namespace, first: dict[str, Any]) -> str:
     load = f"window {args.window}" if not args.rate else f"rate {args.rate:g}/s"
     day = datetime.now(UTC).strftime("%Y-%m-%d")
     return (
-        f"geventchat sweep {day}: {args.senders} senders, {load}, {args.duration:g} s, "
+        f"{args.target} sweep {day}: {args.senders} senders, {load}, {args.duration:g} s, "
         f"median of {args.runs}, engine {first['engine']}, {os.cpu_count()} cores"
     )
 
@@ -569,6 +690,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.idle is not None:
             result = run_idle(args)
             emit(args, result, report.idle_summary(result))
+        elif args.compare:
+            result = run_compare(args)
+            emit(args, result, report.compare_summary(result))
         elif args.sweep_points:
             result = run_sweep(args)
             emit(

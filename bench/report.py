@@ -7,7 +7,7 @@ generator rather than the server was the limit) is in one place and easy to chec
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,11 @@ def merge_results(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     )
     merged: dict[str, Any] = {k: sum(int(r[k]) for r in results) for k in keys}
     merged["lat_max_ns"] = max(int(r["lat_max_ns"]) for r in results)
+    # C engine only: reads while sending, and the observers' latency of every line
+    merged["run_reads"] = sum(int(r.get("run_reads", 0)) for r in results)
+    merged["seen_count"] = sum(int(r.get("seen_count", 0)) for r in results)
+    merged["seen_max_ns"] = max(int(r.get("seen_max_ns", 0)) for r in results)
+    merged["seen_hist"] = merge(r.get("seen_hist", []) for r in results)
     merged["run_s"] = max(float(r["run_s"]) for r in results)
     merged["drain_s"] = max(float(r["drain_s"]) for r in results)
     merged["cpu_s"] = sum(float(r["cpu_s"]) for r in results)
@@ -188,8 +193,14 @@ def summarise(
         "echo_errors": m["echo_errors"],
         "deferred_sends": m["deferred"],
         "deliveries_per_s": round(m["received_at_stop"] / run_s, 1),
+        # How many deliveries the server packs into what one client read gets (C engine).
+        "deliveries_per_read": _per(m["received_at_stop"], m["run_reads"]),
         "latency_ms": latency_ms(m["lat_hist"], m["lat_max_ns"]),
         "latency_samples": m["lat_count"],
+        # Every line as --observers ordinary clients got it: no server's write order
+        # favours them, unlike a sender's own echo.
+        "delivery_latency_ms": latency_ms(m["seen_hist"], m["seen_max_ns"]),
+        "delivery_latency_samples": m["seen_count"],
         "fairness": fairness(m["sent_per_sender"]),
         "sent_per_sender": m["sent_per_sender"],  # in sender order: who was starved
         "server": {
@@ -233,6 +244,10 @@ def machine_load(
     }
 
 
+def _per(total: int, count: int) -> float | None:
+    return round(total / count, 1) if count else None
+
+
 def _mb(value: float | None) -> float | None:
     return None if value is None else round(value / MB, 1)
 
@@ -241,14 +256,29 @@ def _fmt(value: float | None, unit: str = "", digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:,.{digits}f}{unit}"
 
 
+def target_label(r: dict[str, Any]) -> str:
+    """What was measured, as the summaries name it: geventchat, or Redis and its version."""
+    if r.get("target") != "redis":
+        return "geventchat"
+    return f"Redis {r['server_version']}" if r.get("server_version") else "Redis"
+
+
+def load_label(r: dict[str, Any]) -> str:
+    """The workload of a run in one phrase, for summary headers."""
+    load = f"window {r['window']}" if r["mode"] == "window" else f"rate {r['rate']:g} lines/s"
+    return (
+        f"{r['clients']} clients, {r['senders']} senders, {load}, {r['size']} B padding, "
+        f"{r['duration']:g} s, engine {r['engine']} x{r['workers']}"
+    )
+
+
 def human_summary(r: dict[str, Any]) -> str:
     """The end-of-run text for people."""
     lat = r["latency_ms"]
     fair = r["fairness"]
-    load = f"window {r['window']}" if r["mode"] == "window" else f"rate {r['rate']:g} lines/s"
+    kind = " pub/sub" if r.get("target") == "redis" else ""
     lines = [
-        f"geventchat load test: {r['clients']} clients, {r['senders']} senders, {load}, "
-        f"{r['size']} B padding, {r['duration']:g} s, engine {r['engine']} x{r['workers']}",
+        f"{target_label(r)}{kind} load test: {load_label(r)}",
         f"  connect      {r['connect_s']:.3f} s   registration {r['register_s']:.3f} s "
         f"({r['registered']} registered, {r['failed']} failed)",
         f"  lines sent   {r['lines_sent']:,} ({r['lines_per_s']:,.0f}/s)",
@@ -257,7 +287,8 @@ def human_summary(r: dict[str, Any]) -> str:
         f"  throughput   {r['deliveries_per_s']:,.0f} deliveries/s",
         f"  latency      p50 {_fmt(lat['p50'], ' ms', 2)}  p90 {_fmt(lat['p90'], ' ms', 2)}  "
         f"p99 {_fmt(lat['p99'], ' ms', 2)}  max {_fmt(lat['max'], ' ms', 2)}  "
-        f"({r['latency_samples']:,} samples)",
+        f"({r['latency_samples']:,} own echoes)",
+        *_delivery_latency_line(r),
         f"  fairness     lines per sender min {fair['min']:,} / median {fair['median']:,.0f} "
         f"/ max {fair['max']:,}",
         f"  server       CPU {_fmt(r['server']['cpu_s'], ' s', 2)} "
@@ -285,11 +316,24 @@ def human_summary(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _delivery_latency_line(r: dict[str, Any]) -> list[str]:
+    """The observers' latency line, when the run had observers."""
+    if not r.get("delivery_latency_samples"):
+        return []
+    lat = r["delivery_latency_ms"]
+    return [
+        f"  delivered    p50 {_fmt(lat['p50'], ' ms', 2)}  p90 {_fmt(lat['p90'], ' ms', 2)}  "
+        f"p99 {_fmt(lat['p99'], ' ms', 2)}  max {_fmt(lat['max'], ' ms', 2)}  "
+        f"({r['delivery_latency_samples']:,} lines seen by {r['observers']} observers)"
+    ]
+
+
 def idle_summary(r: dict[str, Any]) -> str:
     """The end-of-run text for --idle."""
     per_conn = r["rss_per_conn_kb"]
     lines = [
-        f"geventchat idle test: {r['idle']} clients, engine {r['engine']} x{r['workers']}, "
+        f"{r.get('target', 'geventchat')} idle test: {r['idle']} clients, "
+        f"engine {r['engine']} x{r['workers']}, "
         f"{len(r['sources'])} source address(es)",
         f"  registration {r['register_s']:.3f} s for {r['registered']} clients "
         f"({r['failed']} failed)",
@@ -299,6 +343,145 @@ def idle_summary(r: dict[str, Any]) -> str:
     ]
     lines += [f"  warning      {w}" for w in r["warnings"]]
     lines += [f"!!! {p}" for p in r["problems"]]
+    return "\n".join(lines)
+
+
+# ---- comparison with Redis ----
+
+
+def cpu_ns_per_delivery(r: dict[str, Any]) -> float | None:
+    """Server CPU per delivery: the efficiency figure, fair even when cores were shared."""
+    pct, rate = r["server"]["cpu_pct"], r["deliveries_per_s"]
+    return None if pct is None or not rate else pct / 100 / rate * 1e9
+
+
+def _ratio(ours: float | None, theirs: float | None) -> float | None:
+    return None if ours is None or not theirs else round(ours / theirs, 3)
+
+
+def compare_ratios(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, float | None]:
+    """geventchat / Redis for the headline figures (throughput > 1 and latency < 1 favour us)."""
+    lat_o, lat_t = ours["latency_ms"], theirs["latency_ms"]
+    seen_o, seen_t = _delivery(ours), _delivery(theirs)
+    return {
+        "deliveries_per_s": _ratio(ours["deliveries_per_s"], theirs["deliveries_per_s"]),
+        "p50_ms": _ratio(lat_o["p50"], lat_t["p50"]),
+        "p99_ms": _ratio(lat_o["p99"], lat_t["p99"]),
+        "delivery_p50_ms": _ratio(seen_o["p50"], seen_t["p50"]),
+        "delivery_p99_ms": _ratio(seen_o["p99"], seen_t["p99"]),
+        "server_cpu_ns_per_delivery": _ratio(
+            cpu_ns_per_delivery(ours), cpu_ns_per_delivery(theirs)
+        ),
+        "server_peak_rss_mb": _ratio(
+            ours["server"]["peak_rss_mb"], theirs["server"]["peak_rss_mb"]
+        ),
+    }
+
+
+def compare_result(
+    ours: dict[str, Any], theirs: dict[str, Any] | None, skipped: str | None
+) -> dict[str, Any]:
+    """The --compare result: both runs, their ratios, and every problem of either."""
+    problems = [f"geventchat: {p}" for p in ours["problems"]]
+    problems += [f"redis: {p}" for p in (theirs or {}).get("problems", [])]
+    return {
+        "compare": "redis",
+        "geventchat": ours,
+        "redis": theirs,
+        "redis_skipped": skipped,
+        "ratios": compare_ratios(ours, theirs) if theirs else None,
+        "problems": problems,
+        "ok": not problems,
+    }
+
+
+Getter = Callable[[dict[str, Any]], Any]
+
+
+def _latency(q: str) -> Getter:
+    return lambda r: r["latency_ms"][q]
+
+
+def _delivery(r: dict[str, Any]) -> dict[str, float | None]:
+    """The observers' percentiles (all None for runs without observers)."""
+    return r.get("delivery_latency_ms") or dict.fromkeys(("p50", "p90", "p99", "max"))
+
+
+def _delivered(q: str) -> Getter:
+    return lambda r: _delivery(r)[q]
+
+
+def _ms(v: float | None) -> str:
+    return _fmt(v, " ms", 2)
+
+
+def _count(v: float) -> str:
+    return f"{v:,.0f}"
+
+
+# label, figure, its format, and whether a geventchat/Redis ratio means something
+COMPARE_ROWS: tuple[tuple[str, Getter, Callable[[Any], str], bool], ...] = (
+    ("deliveries/s", lambda r: r["deliveries_per_s"], _count, True),
+    ("lines sent/s", lambda r: r["lines_per_s"], _count, True),
+    ("echo p50", _latency("p50"), _ms, True),
+    ("echo p90", _latency("p90"), _ms, True),
+    ("echo p99", _latency("p99"), _ms, True),
+    ("echo max", _latency("max"), _ms, True),
+    ("delivered p50", _delivered("p50"), _ms, True),
+    ("delivered p90", _delivered("p90"), _ms, True),
+    ("delivered p99", _delivered("p99"), _ms, True),
+    ("delivered max", _delivered("max"), _ms, True),
+    ("server CPU", lambda r: r["server"]["cpu_pct"], lambda v: _fmt(v, "% of a core", 0), False),
+    ("server CPU/delivery", cpu_ns_per_delivery, lambda v: _fmt(v, " ns", 0), True),
+    ("server peak RSS", lambda r: r["server"]["peak_rss_mb"], lambda v: _fmt(v, " MB"), True),
+    ("deliveries/read", lambda r: r.get("deliveries_per_read"), _fmt, True),
+    ("generator CPU", lambda r: r["generator"]["cpu_pct"], lambda v: f"{v:.0f}%", False),
+    ("kernel softirq", lambda r: r["machine"]["softirq_pct"], lambda v: _fmt(v, "%", 0), False),
+    ("registration", lambda r: r["register_s"], lambda v: f"{v:.3f} s", False),
+    ("limit", lambda r: r["limit"], str, False),
+    ("loss/dup", lambda r: r["ok"], lambda ok: "none" if ok else "YES", False),
+)
+
+
+def compare_table(ours: dict[str, Any], theirs: dict[str, Any]) -> list[str]:
+    """Rows of figure | geventchat | Redis | geventchat/Redis, aligned for a terminal."""
+    rows = [("", "geventchat", target_label(theirs), "geventchat/Redis")]
+    for label, get, show, has_ratio in COMPARE_ROWS:
+        ratio = _ratio(get(ours), get(theirs)) if has_ratio else None
+        shown = "" if ratio is None else f"{ratio:.2f}x"
+        rows.append((label, show(get(ours)), show(get(theirs)), shown))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return [
+        f"  {row[0]:<{widths[0]}}   {row[1]:>{widths[1]}}   {row[2]:>{widths[2]}}   "
+        f"{row[3]:>{widths[3]}}".rstrip()
+        for row in rows
+    ]
+
+
+def compare_summary(result: dict[str, Any]) -> str:
+    """Both runs side by side, the headline ratios, then each run's warnings and problems."""
+    ours, theirs = result["geventchat"], result["redis"]
+    lines = [f"geventchat vs Redis pub/sub, one run: {load_label(ours)}"]
+    if theirs is None:
+        lines += [f"  Redis skipped: {result['redis_skipped']}", "", human_summary(ours)]
+        return "\n".join(lines)
+    lines += compare_table(ours, theirs)
+    ratio = result["ratios"]
+    lines += [
+        f"  ratios       deliveries/s {_fmt(ratio['deliveries_per_s'], 'x', 2)} "
+        "(above 1: geventchat faster)",
+        f"               echo latency p50 {_fmt(ratio['p50_ms'], 'x', 2)}, p99 "
+        f"{_fmt(ratio['p99_ms'], 'x', 2)}; delivered p50 "
+        f"{_fmt(ratio['delivery_p50_ms'], 'x', 2)}, p99 "
+        f"{_fmt(ratio['delivery_p99_ms'], 'x', 2)} (above 1: geventchat slower)",
+    ]
+    for r in (ours, theirs):
+        lines += [f"  warning      {target_label(r)}: {w}" for w in r["warnings"]]
+    if result["problems"]:
+        lines.append("")
+        lines += [f"!!! {p}" for p in result["problems"]]
+    else:
+        lines.append("  result       OK: in both runs every client got every line exactly once")
     return "\n".join(lines)
 
 
@@ -333,9 +516,11 @@ def median_run(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     row = dict(sorted(runs, key=lambda r: r["deliveries_per_s"])[len(runs) // 2])
     for key in ("deliveries_per_s", "lines_per_s", "register_s", "connect_s"):
         row[key] = med(r[key] for r in runs)
-    row["latency_ms"] = {
-        q: _median_or_none([r["latency_ms"][q] for r in runs]) for q in ("p50", "p90", "p99", "max")
-    }
+    for key in ("latency_ms", "delivery_latency_ms"):
+        row[key] = {
+            q: _median_or_none([(r.get(key) or {}).get(q) for r in runs])
+            for q in ("p50", "p90", "p99", "max")
+        }
     row["server"] = dict(
         row["server"],
         **{k: _median_or_none([r["server"][k] for r in runs]) for k in ("cpu_pct", "peak_rss_mb")},

@@ -2,7 +2,8 @@
 
 The bench starts its own server by default so every run begins from the same state: an
 empty history in a temporary directory, no rate limit (the limiter would otherwise be
-what we measure), and a descriptor limit raised to fit the clients.
+what we measure), and a descriptor limit raised to fit the clients. For a baseline it can
+start a Redis server the same way (no persistence, loopback only, enough clients).
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import os
 import re
 import resource
 import shlex
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -26,12 +29,19 @@ import psutil
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LISTENING_RE = re.compile(r"listening on ([0-9.]+):(\d+)")
+REDIS_READY_RE = re.compile(r"Ready to accept connections")
+REDIS_PORT_TAKEN = "Address already in use"
+REDIS_PORT_TRIES = 5  # a picked free port can be taken before redis binds it
 START_TIMEOUT_S = 20.0
 FD_MARGIN = 64  # listener, history file, logging, epoll, ... beyond one fd per client
 
 
 class TargetError(RuntimeError):
     """The server could not be started or found."""
+
+
+class TargetUnavailable(TargetError):
+    """The server program is not installed: a comparison skips it instead of failing."""
 
 
 def default_server_cmd() -> list[str]:
@@ -76,6 +86,7 @@ class Target:
     started: bool = False
     log_tail: deque[str] = field(default_factory=lambda: deque(maxlen=40))
     warnings: list[str] = field(default_factory=list)
+    command: list[str] = field(default_factory=list)  # how we started it, when we did
 
 
 _HELP_CACHE: dict[tuple[str, ...], str] = {}
@@ -154,42 +165,152 @@ class ServerProcess:
 
     def _wait_listening(self) -> Target:
         """Read the log until "listening on HOST:PORT"; port 0 means we must parse it."""
-        assert self.proc and self.proc.stdout
-        tail: deque[str] = deque(maxlen=40)
-        found: list[Target] = []
-
-        def reader() -> None:
-            assert self.proc and self.proc.stdout
-            for line in self.proc.stdout:  # keep draining so the server never blocks on logs
-                tail.append(line.rstrip())
-                m = LISTENING_RE.search(line)
-                if m and not found:
-                    found.append(Target(m[1], int(m[2]), self.proc.pid, True, tail))
-
-        threading.Thread(target=reader, daemon=True, name="server-log").start()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not found:
-            if self.proc.poll() is not None:
-                raise TargetError(
-                    f"server exited with code {self.proc.returncode}:\n" + "\n".join(tail)
-                )
-            if time.monotonic() > deadline:
-                raise TargetError(
-                    "server did not log 'listening on HOST:PORT' within "
-                    f"{START_TIMEOUT_S:.0f}s:\n" + "\n".join(tail)
-                )
-            time.sleep(0.02)
-        return found[0]
+        assert self.proc
+        m, tail = wait_for_log(self.proc, LISTENING_RE, "listening on HOST:PORT")
+        return Target(m[1], int(m[2]), self.proc.pid, True, tail)
 
     def __exit__(self, *exc: object) -> None:
         """SIGTERM (graceful shutdown per PROTOCOL.md section 6), then SIGKILL if stuck."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
+        self.tmp.cleanup()
+
+
+def wait_for_log(
+    proc: subprocess.Popen[str], pattern: re.Pattern[str], what: str
+) -> tuple[re.Match[str], deque[str]]:
+    """Read a starting server's log until ``pattern`` matches; the match and the log tail.
+
+    A thread keeps draining the log for the server's whole life, so a chatty server never
+    blocks on a full pipe in the middle of a run.
+    """
+    assert proc.stdout
+    tail: deque[str] = deque(maxlen=40)
+    found: list[re.Match[str]] = []
+
+    def reader() -> None:
+        assert proc.stdout
+        for line in proc.stdout:
+            tail.append(line.rstrip())
+            m = pattern.search(line)
+            if m and not found:
+                found.append(m)
+
+    threading.Thread(target=reader, daemon=True, name="server-log").start()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not found:
+        if proc.poll() is not None:
+            time.sleep(0.05)  # let the reader catch the last lines (the reason it exited)
+            raise TargetError(f"server exited with code {proc.returncode}:\n" + "\n".join(tail))
+        if time.monotonic() > deadline:
+            raise TargetError(
+                f"server did not log {what!r} within {START_TIMEOUT_S:.0f}s:\n" + "\n".join(tail)
+            )
+        time.sleep(0.02)
+    return found[0], tail
+
+
+def stop_process(proc: subprocess.Popen[str] | None) -> None:
+    """SIGTERM the server we started (by its pid), then SIGKILL if it is stuck."""
+    if proc and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# ---- Redis, the baseline ----
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now (redis-server has no --port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def redis_binary(cmd: str) -> str:
+    """The redis-server executable, or TargetUnavailable saying how to get one."""
+    path = shutil.which(cmd)
+    if path is None:
+        raise TargetUnavailable(
+            f"{cmd} not found: install Redis (apt-get install redis-server) or pass "
+            "--redis-server PATH"
+        )
+    return path
+
+
+def redis_version(binary: str) -> str | None:
+    """The version (e.g. 7.0.15) from ``redis-server --version``, for the report."""
+    try:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=10
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = re.search(r"v=(\S+)", out)
+    return m[1] if m else None
+
+
+def redis_args(port: int, max_clients: int, workdir: str) -> list[str]:
+    """Stock Redis, loopback only, with nothing written to disk and room for every client."""
+    return [
+        "--bind", "127.0.0.1",
+        "--port", str(port),
+        "--save", "",
+        "--appendonly", "no",
+        "--dir", workdir,
+        "--maxclients", str(max_clients),
+        "--daemonize", "no",
+        "--logfile", "",
+    ]  # fmt: skip
+
+
+class RedisProcess:
+    """A redis-server started for this run on a free loopback port; killed afterwards."""
+
+    def __init__(self, cmd: str, max_clients: int) -> None:
+        self.binary = redis_binary(cmd)
+        self.max_clients = max_clients
+        self.tmp = tempfile.TemporaryDirectory(prefix="geventchat-bench-redis-")
+        self.proc: subprocess.Popen[str] | None = None
+        self.command: list[str] = []
+
+    def __enter__(self) -> Target:
+        try:
+            for _ in range(REDIS_PORT_TRIES):
+                tgt = self._start(free_port())
+                if tgt is not None:
+                    return tgt
+        except BaseException:
+            self.__exit__()
+            raise
+        self.__exit__()
+        raise TargetError(f"redis-server found no free port in {REDIS_PORT_TRIES} tries")
+
+    def _start(self, port: int) -> Target | None:
+        """Start on ``port``; None when someone took the port first (so try another)."""
+        self.command = [self.binary, *redis_args(port, self.max_clients, self.tmp.name)]
+        self.proc = subprocess.Popen(
+            self.command,
+            cwd=self.tmp.name,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_nofile_raiser(self.max_clients + FD_MARGIN),
+        )
+        try:
+            _, tail = wait_for_log(self.proc, REDIS_READY_RE, "Ready to accept connections")
+        except TargetError as exc:
+            if REDIS_PORT_TAKEN in str(exc):
+                return None
+            raise
+        return Target("127.0.0.1", port, self.proc.pid, True, tail, command=self.command)
+
+    def __exit__(self, *exc: object) -> None:
+        stop_process(self.proc)
         self.tmp.cleanup()
 
 

@@ -171,6 +171,9 @@ def spawn_terminal(index: int, name: str, host: str, port: int) -> Terminal:
     child = pexpect.spawn(
         sys.executable, args, env=env, cwd=str(target.REPO_ROOT), dimensions=TERM_SIZE
     )
+    # pexpect sleeps 50 ms before every send by default; that would be counted as the
+    # client's latency (the "typed" timestamp is taken before send()).
+    child.delaybeforesend = None
     term = Terminal(index, name, child)
     term.start_reader()
     return term

@@ -23,7 +23,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 C_SOURCE = BENCH_DIR / "genclient.c"
 BUILD_DIR = BENCH_DIR / "_build"
 C_BINARY = BUILD_DIR / "genclient"
-CFLAGS = ["-O2", "-Wall"]
+CFLAGS = ["-O2", "-Wall", "-Wextra"]
 
 
 class WorkerError(RuntimeError):
@@ -82,6 +82,7 @@ class WorkerPlan:
     sender_base: int
     prefix: str
     sync_sender: bool
+    observers: int = 0  # clients that time every line (C engine)
 
 
 def split_evenly(total: int, parts: int) -> list[int]:
@@ -90,15 +91,21 @@ def split_evenly(total: int, parts: int) -> list[int]:
     return [base + (i < extra) for i in range(parts)]
 
 
-def plan_workers(clients: int, senders: int, workers: int, run_id: str) -> list[WorkerPlan]:
-    """Spread clients and senders evenly; worker 0's first client sends the sync line."""
+def plan_workers(
+    clients: int, senders: int, workers: int, run_id: str, observers: int = 0
+) -> list[WorkerPlan]:
+    """Spread clients, senders and observers evenly; worker 0's first client syncs."""
     workers = max(1, min(workers, clients))
     plans = []
     base = 0
-    for i, (n, s) in enumerate(
-        zip(split_evenly(clients, workers), split_evenly(senders, workers), strict=True)
-    ):
-        plans.append(WorkerPlan(n, s, base, f"b{run_id}w{i}c", i == 0))
+    shares = zip(
+        split_evenly(clients, workers),
+        split_evenly(senders, workers),
+        split_evenly(observers, workers),
+        strict=True,
+    )
+    for i, (n, s, o) in enumerate(shares):
+        plans.append(WorkerPlan(n, s, base, f"b{run_id}w{i}c", i == 0, o))
         base += s
     return plans
 
@@ -113,8 +120,9 @@ def worker_args(
     rate_per_sender: float,
     pad: int,
     sources: list[str],
+    proto: str = "line",
 ) -> list[str]:
-    """Command-line options shared by both engines."""
+    """Command-line options shared by both engines (``proto`` "redis": the C engine only)."""
     args = [
         "--host",
         host,
@@ -141,6 +149,10 @@ def worker_args(
         args += ["--sources", ",".join(sources)]
     if plan.sync_sender:
         args.append("--sync-sender")
+    if proto != "line":
+        args += ["--proto", proto]
+    if plan.observers:
+        args += ["--observers", str(plan.observers)]
     return args
 
 

@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from typing import Protocol
 
 from prompt_toolkit.application import Application, get_app
+from prompt_toolkit.buffer import Buffer
 from prompt_toolkit.output import create_output
 from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.shortcuts import PromptSession
@@ -236,9 +237,17 @@ def _decode(raw: bytes) -> str:
 class Ui(Protocol):
     """What the session needs from a front end (a terminal or a pipe)."""
 
-    def ask(self, label: str | Callable[[], str], secret: bool = False) -> str | None:
+    def ask(
+        self,
+        label: str | Callable[[], str],
+        secret: bool = False,
+        submit: Callable[[str], None] | None = None,
+    ) -> str | None:
         """One line from the user; None if the user wants out (EOF, Ctrl-C).
 
+        ``submit``, if given, is called with the line exactly once before ``ask`` returns
+        it, as early as the front end can: a terminal calls it the moment Enter is
+        accepted, before the prompt tidies up the screen, so the line leaves at once.
         Raises :class:`ConnectionGone` once :meth:`interrupt` has been called.
         """
 
@@ -330,10 +339,23 @@ class Session:
         except OSError:
             pass
 
+    def submit(self, line: str) -> None:
+        """Send a line typed at the chat prompt (``ask`` calls this as soon as it is
+        accepted). A quit command is sent too and marks the session as left by the user;
+        an empty line is not sent."""
+        if is_quit(line):
+            self.user_quit = True
+        if line:
+            self.send(line)
+
     def quit(self, line: str = "/quit") -> None:
         """Leave on the user's request: send ``line`` and give the server time to say bye."""
         self.user_quit = True
         self.send(line)
+        self.wait_closed()
+
+    def wait_closed(self) -> None:
+        """Give the server time to say goodbye and close (after a quit was sent)."""
         self._closed.wait(QUIT_WAIT)
 
     def finish(self) -> int:
@@ -381,17 +403,18 @@ def _register(session: Session, ui: Ui, preset: str | None) -> bool:
 
 
 def _chat(session: Session, ui: Ui) -> None:
-    """Send what the user types until they leave; ConnectionGone if the server leaves."""
+    """Send what the user types until they leave; ConnectionGone if the server leaves.
+
+    Lines are sent by ``session.submit`` from inside ``ask``, the moment Enter is accepted.
+    """
     while True:
-        line = ui.ask(lambda: f"{session.name}> ")
+        line = ui.ask(lambda: f"{session.name}> ", submit=session.submit)
         if line is None:
             session.quit()
             return
-        if is_quit(line):
-            session.quit(line)
+        if is_quit(line):  # already sent by submit
+            session.wait_closed()
             return
-        if line:
-            session.send(line)
 
 
 def _drive(session: Session, ui: Ui, preset: str | None) -> int:
@@ -428,7 +451,12 @@ class PipeUi:
         self._wake_r, self._wake_w = os.pipe()
         self._out_lock = threading.Lock()
 
-    def ask(self, label: str | Callable[[], str], secret: bool = False) -> str | None:
+    def ask(
+        self,
+        label: str | Callable[[], str],
+        secret: bool = False,
+        submit: Callable[[str], None] | None = None,
+    ) -> str | None:
         """The next stdin line (the label is not shown: the server's prompt line was)."""
         while not self._lines:
             if self._gone:
@@ -436,7 +464,10 @@ class PipeUi:
             if self._eof:
                 return None
             self._fill()
-        return self._lines.pop(0)
+        line = self._lines.pop(0)
+        if submit is not None:
+            submit(line)
+        return line
 
     def _fill(self) -> None:
         """Wait for stdin or the wake-up pipe; read what stdin has."""
@@ -528,23 +559,44 @@ class TtyUi:
         with self._lock:
             self._write(self._take_pending())
 
-    def ask(self, label: str | Callable[[], str], secret: bool = False) -> str | None:
+    def ask(
+        self,
+        label: str | Callable[[], str],
+        secret: bool = False,
+        submit: Callable[[str], None] | None = None,
+    ) -> str | None:
         """Prompt for one line. Chat lines keep a history; name and password prompts get a
-        throwaway session so a password can never be recalled with the Up arrow."""
+        throwaway session so a password can never be recalled with the Up arrow.
+
+        ``submit`` runs in the prompt's accept handler: the line leaves before the final
+        render and the event loop's teardown, which take a few ms per line. (An echo that
+        comes back meanwhile waits in ``_pending``: the prompt is done, see ``_drain``.)
+        """
         with self._lock:
             if self._gone:
                 raise ConnectionGone
         session = self._chat_session
         if session is None or not callable(label):
             session = PromptSession(output=self._output)
+        submitted: list[str] = []
+
+        def on_accept(text: str) -> None:
+            submitted.append(text)
+            if submit is not None:
+                submit(text)
+
         try:
-            return session.prompt(label, is_password=secret, pre_run=self._arm)
+            with _on_accept(session.default_buffer, on_accept):
+                line = session.prompt(label, is_password=secret, pre_run=self._arm)
         except (EOFError, KeyboardInterrupt):
             return None
         finally:
             with self._lock:
                 self._app = self._loop = None
                 self._write(self._take_pending())
+        if submit is not None and not submitted:
+            submit(line)  # accepted some other way: the line must still be sent, once
+        return line
 
     def _arm(self) -> None:
         """Runs in the prompt's loop before its first render: from now on lines are queued
@@ -605,6 +657,24 @@ class TtyUi:
                 self._call_in_loop(_exit_app, self._app)
 
 
+@contextmanager
+def _on_accept(buffer: Buffer, callback: Callable[[str], None]) -> Iterator[None]:
+    """Call ``callback`` with the text of ``buffer`` when the user accepts it (Enter), right
+    after prompt_toolkit's own handler has ended the prompt; restored afterwards."""
+    original = buffer.accept_handler
+
+    def accept(buff: Buffer) -> bool:
+        keep = original(buff) if original is not None else False
+        callback(buff.text)
+        return keep
+
+    buffer.accept_handler = accept
+    try:
+        yield
+    finally:
+        buffer.accept_handler = original
+
+
 def _exit_app(app: Application[str]) -> None:
     """Exit a prompt_toolkit app with ConnectionGone unless it already finished."""
     if app.future is not None and not app.future.done():
@@ -624,6 +694,12 @@ def run(host: str, port: int, name: str | None) -> int:
         print(f"cannot connect to {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_LOST
     sock.settimeout(None)
+    # One write per line: Nagle could only hold a line back (up to a delayed-ACK timeout,
+    # ~40 ms) when it follows the previous one closely, as in a paste or fast typing.
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass  # not TCP (or not supported): nothing to tune
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     ui: TtyUi | PipeUi = TtyUi() if interactive else PipeUi()
     session = Session(sock, ui, colour_enabled(sys.stdout), echo_prompts=not interactive)

@@ -22,6 +22,9 @@ BENCH = ROOT / "bench"
 RUN_TIMEOUT_S = 25  # the whole file must stay well under 30 s per run
 
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed")
+needs_redis = pytest.mark.skipif(
+    shutil.which("redis-server") is None, reason="redis-server not installed"
+)
 ENGINES = [pytest.param("c", marks=needs_gcc), "python"]
 
 
@@ -49,6 +52,11 @@ def assert_sane_figures(r: dict[str, Any]) -> None:
     lat = r["latency_ms"]
     assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
     assert r["latency_samples"] == r["lines_sent"]  # every own echo was timed
+    if r["engine"] == "c":  # and every observer timed every line
+        seen = r["delivery_latency_ms"]
+        assert r["observers"] > 0
+        assert r["delivery_latency_samples"] == r["observers"] * r["lines_sent"]
+        assert 0 < seen["p50"] <= seen["p90"] <= seen["p99"] <= seen["max"]
     fair = r["fairness"]
     assert 0 < fair["min"] <= fair["median"] <= fair["max"]
     assert r["deliveries_per_s"] > 0 and r["lines_per_s"] > 0
@@ -109,3 +117,40 @@ def test_histogram_buckets_hold_their_values() -> None:
     pairs = merge([hist.to_pairs(), hist.to_pairs()])
     assert abs(percentile(pairs, 50) - 50e6) <= 50e6 * 0.016
     assert abs(percentile(pairs, 99) - 99e6) <= 99e6 * 0.016
+
+
+@needs_gcc
+@needs_redis
+def test_compare_with_redis_checks_both_targets_exactly_once() -> None:
+    """The Redis baseline is held to the same exactly-once check as geventchat."""
+    proc, r = loadtest(
+        "--compare", "redis", "--clients", "12", "--senders", "2", "--duration", "1.5"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert r["ok"] is True and r["redis_skipped"] is None
+    assert r["geventchat"]["target"] == "geventchat" and r["redis"]["target"] == "redis"
+    for run in (r["geventchat"], r["redis"]):
+        assert_exactly_once(run, 12)
+        assert_sane_figures(run)
+    assert set(r["ratios"]) >= {"deliveries_per_s", "p50_ms", "p99_ms", "delivery_p50_ms"}
+    assert r["ratios"]["deliveries_per_s"] > 0
+
+
+def test_compare_without_redis_server_skips_redis() -> None:
+    """No redis-server: geventchat is still measured and the skip is said, not an error."""
+    proc, r = loadtest(
+        "--compare",
+        "redis",
+        "--redis-server",
+        "/nonexistent/redis-server",
+        "--clients",
+        "5",
+        "--senders",
+        "1",
+        "--duration",
+        "0.5",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert r["redis"] is None and r["ratios"] is None
+    assert "not found" in r["redis_skipped"] and "not found" in proc.stderr
+    assert_exactly_once(r["geventchat"], 5)
