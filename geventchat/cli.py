@@ -12,6 +12,7 @@ import resource
 import socket
 import ssl
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from geventchat import __version__
@@ -20,18 +21,21 @@ DEFAULT_PORT = 9999
 DEFAULT_ADMINS = Path("admins.json")
 
 
-def _positive(value: str) -> int:
-    n = int(value)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer no smaller than ``minimum``."""
+
+    def parse(value: str) -> int:
+        n = int(value)
+        if n < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {n}")
+        return n
+
+    parse.__name__ = "int"  # argparse names the type in its error messages
+    return parse
 
 
-def _non_negative(value: str) -> int:
-    n = int(value)
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
-    return n
+_positive = _at_least(1)
+_non_negative = _at_least(0)
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
