@@ -602,6 +602,8 @@ def _load_server_password(path: Path | None) -> bytes | None:
     """The server password's digest (the file's first line); None when no file is set."""
     if path is None:
         return None
+    if path.stat().st_mode & 0o077:
+        log.warning("password file %s is readable by others; run: chmod 600 %s", path, path)
     password = path.read_text("utf-8").splitlines()[0] if path.stat().st_size else ""
     if not password:
         raise ValueError(f"password file {path} is empty")
