@@ -216,6 +216,21 @@ def test_quit_says_goodbye_and_tells_others(srv, line, notice):
     b.expect(notice)
 
 
+def test_leaver_gets_every_line_said_before_it_left(make_srv):
+    """Lines still in the room's pending batch reach the leaver before its goodbye.
+
+    Alice's lines and her /quit arrive in one read, so they are handled in one loop pass:
+    her lines are still pending (unflushed) when she leaves.
+    """
+    srv = make_srv("--rate-limit", "0")
+    a, b = srv.connect("alice"), srv.connect("bob")
+    a.expect("* bob joined")
+    a.send("".join(f"a{i}\n" for i in range(300)).encode() + b"/quit\n")
+    seen = a.closed()
+    assert seen == [f"alice: a{i}" for i in range(300)] + ["* goodbye"]
+    assert b.expect("* alice left")[:-1] == [f"alice: a{i}" for i in range(300)]
+
+
 def test_dropped_connection_is_a_leave(srv):
     a, b = srv.connect("alice"), srv.connect("bob")
     a.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
