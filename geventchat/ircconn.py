@@ -34,7 +34,7 @@ from geventchat import __version__, irc
 from geventchat import events as ev
 from geventchat.commands import kill
 from geventchat.errors import ChatError
-from geventchat.flood import FloodGate, Verdict
+from geventchat.flood import FloodGate
 from geventchat.hub import Room, Session
 from geventchat.irc import (
     Hostmasks,
@@ -50,7 +50,7 @@ from geventchat.irc import (
 )
 from geventchat.outbuf import Output
 from geventchat.protocol import TOO_LONG, LineDecoder, LineTooLong
-from geventchat.server import wake_reader, yield_to_others
+from geventchat.server import read_lines, throttle, wake_reader
 from geventchat.text import check_name, clean, name_key
 
 if TYPE_CHECKING:
@@ -58,8 +58,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Bytes per recv, as on the native side: large reads amortise the per-call cost.
-RECV_SIZE = 65536
 #: How long a closing connection may take to write its last lines (ERROR).
 DRAIN_TIMEOUT = 2.0
 #: Keepalive: PING a client silent this long, drop it if the PONG (or anything) does not
@@ -223,19 +221,14 @@ class IrcConnection:
             self._finish()
 
     def _read_loop(self) -> None:
-        while self._closing is None:
-            try:
-                data = self.sock.recv(RECV_SIZE)
-            except OSError:
-                return
-            self.last_active = time.monotonic()
-            self._ping_sent = None  # anything at all proves the peer alive
-            if not data:
-                self._handle(self.decoder.close())
-                return
-            self._handle(self.decoder.feed(data))
-            if len(data) == RECV_SIZE:
-                yield_to_others()  # let the loop poll others when this socket is always readable
+        read_lines(self.sock, self.decoder, self._handle, self._is_open, self._heard)
+
+    def _is_open(self) -> bool:
+        return self._closing is None
+
+    def _heard(self) -> None:
+        self.last_active = time.monotonic()
+        self._ping_sent = None  # anything at all proves the peer alive
 
     def _handle(self, messages: list[IrcLine | LineTooLong]) -> None:
         for msg in messages:
@@ -250,18 +243,15 @@ class IrcConnection:
 
     def _throttle(self) -> bool:
         """The native flood rules, IRC words: slowed, told once, then dropped."""
-        verdict = self.flood.check(time.monotonic())
-        if verdict is Verdict.OK:
-            return True
-        if verdict is Verdict.KICK:
-            log.warning("%s (%s) disconnected for flooding", self._target(), self.addr)
-            self.close("Excess Flood")
-            return False
-        if verdict is Verdict.SLOW_FIRST:
-            self._notice(f"*** Slow down: at most {self.flood.rate:g} lines/s after a burst "
-                         f"of {self.flood.burst}")
-        gevent.sleep(self.flood.wait)  # its lines wait in its own socket buffer
-        return self._closing is None
+        return throttle(self.flood, self._slow_down, self._flooded, self._is_open)
+
+    def _slow_down(self) -> None:
+        self._notice(f"*** Slow down: at most {self.flood.rate:g} lines/s after a burst "
+                     f"of {self.flood.burst}")
+
+    def _flooded(self) -> None:
+        log.warning("%s (%s) disconnected for flooding", self._target(), self.addr)
+        self.close("Excess Flood")
 
     def close(self, reason: str, error: str | None = None) -> None:
         """End this connection from any greenlet, after the ``ERROR`` line and whatever

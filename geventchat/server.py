@@ -19,8 +19,10 @@ import signal
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import gevent
 import gevent.socket
@@ -75,6 +77,57 @@ def wake_reader(sock: socket.socket) -> None:
 def yield_to_others() -> None:
     """Let the event loop poll for I/O before this greenlet reads again."""
     gevent.sleep(YIELD_PAUSE)
+
+
+class _Decoder(Protocol):
+    def feed(self, data: bytes) -> list: ...
+
+    def close(self) -> list: ...
+
+
+def read_lines(
+    sock: socket.socket,
+    decoder: _Decoder,
+    handle: Callable[[list], None],
+    is_open: Callable[[], bool],
+    heard: Callable[[], None],
+) -> None:
+    """The reader greenlet's loop, for every protocol: read until EOF, an error or
+    ``is_open()`` turning false; hand each chunk's decoded lines to ``handle``; call
+    ``heard()`` whenever the peer sent anything (idle and keepalive clocks)."""
+    buf, view = _RECV_BUFFER, _RECV_VIEW
+    while is_open():
+        try:
+            n = sock.recv_into(buf)
+        except OSError:
+            return
+        heard()
+        if not n:
+            handle(decoder.close())
+            return
+        handle(decoder.feed(view[:n].tobytes()))
+        if n == RECV_SIZE:
+            yield_to_others()
+
+
+def throttle(flood: FloodGate, warn: Callable[[], None], kick: Callable[[], None],
+             is_open: Callable[[], bool]) -> bool:
+    """Flood control for one line, for every protocol: False if the connection is to end.
+
+    Over the limit, the reader stops for a moment (the client's lines wait in its own
+    socket buffer, so nobody else notices); ``warn`` tells the client once per flood,
+    ``kick`` ends a client that keeps going.
+    """
+    verdict = flood.check(time.monotonic())
+    if verdict is Verdict.OK:
+        return True
+    if verdict is Verdict.KICK:
+        kick()
+        return False
+    if verdict is Verdict.SLOW_FIRST:
+        warn()
+    gevent.sleep(flood.wait)
+    return is_open()
 
 
 #: Pending connections the kernel may hold: a crowd reconnecting after a restart must not
@@ -168,20 +221,13 @@ class Connection:
                 self._finish()
 
     def _read_loop(self) -> None:
-        buf, view = _RECV_BUFFER, _RECV_VIEW
-        while self._closing is None:
-            try:
-                n = self.sock.recv_into(buf)
-            except OSError:
-                return
-            data = view[:n].tobytes()
-            self.last_active = time.monotonic()
-            if not data:
-                self._handle(self.decoder.close())
-                return
-            self._handle(self.decoder.feed(data))
-            if n == RECV_SIZE:
-                yield_to_others()
+        read_lines(self.sock, self.decoder, self._handle, self._is_open, self._heard)
+
+    def _is_open(self) -> bool:
+        return self._closing is None
+
+    def _heard(self) -> None:
+        self.last_active = time.monotonic()
 
     def _handle(self, lines: list[str | LineTooLong]) -> None:
         for i, line in enumerate(lines):
@@ -206,20 +252,16 @@ class Connection:
 
     def _throttle(self) -> bool:
         """Apply flood control to one line; False if the connection is being closed."""
-        verdict = self.flood.check(time.monotonic())
-        if verdict is Verdict.OK:
-            return True
-        if verdict is Verdict.KICK:
-            log.warning("%s (%s) disconnected for flooding", self._who(), self.addr)
-            self._send(ev.Error("flood", "flooding: disconnected"))
-            self.close("flooding")
-            return False
-        if verdict is Verdict.SLOW_FIRST:
-            self._send(ev.Error("flood", f"slow down: at most {self.flood.rate:g} lines/s "
-                                         f"after a burst of {self.flood.burst}"))
-        # Stop reading this client for a moment: its lines wait in its own socket buffer.
-        gevent.sleep(self.flood.wait)
-        return self._closing is None
+        return throttle(self.flood, self._slow_down, self._flooded, self._is_open)
+
+    def _slow_down(self) -> None:
+        self._send(ev.Error("flood", f"slow down: at most {self.flood.rate:g} lines/s "
+                                     f"after a burst of {self.flood.burst}"))
+
+    def _flooded(self) -> None:
+        log.warning("%s (%s) disconnected for flooding", self._who(), self.addr)
+        self._send(ev.Error("flood", "flooding: disconnected"))
+        self.close("flooding")
 
     def close(self, reason: str) -> None:
         """End this connection from any greenlet; pending output is still written."""
