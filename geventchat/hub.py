@@ -495,15 +495,6 @@ class Hub:
         if self.on_shutdown is not None:
             self.on_shutdown(reason)
 
-    def broadcast_all(self, event: ev.Event) -> None:
-        """Queue ``event`` in every room."""
-        for room in self.rooms.values():
-            room.broadcast(event)
-
-    def flush_all(self) -> None:
-        for room in self.rooms.values():
-            room.flush()
-
     def close_storage(self) -> None:
         """Flush and close every room's history (shutdown)."""
         for room in self.rooms.values():

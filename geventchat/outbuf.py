@@ -67,11 +67,6 @@ class Output:
         self._send = self._raw.send
         self._greenlet: gevent.Greenlet | None = None
 
-    @property
-    def queued(self) -> int:
-        """Bytes accepted but not yet handed to the kernel."""
-        return self._queued
-
     def write(self, data: bytes) -> None:
         """Queue ``data`` for the peer without ever blocking the caller.
 
