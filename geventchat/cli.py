@@ -150,8 +150,8 @@ def _fit_max_clients(wanted: int) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from geventchat.auth import AdminFileError
     from geventchat.server import Settings, serve
+    from geventchat.store.admins import AdminFileError
 
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -193,9 +193,9 @@ def _read_new_password(name: str) -> str:
 
 
 def _admin(args: argparse.Namespace) -> int:
-    from geventchat.auth import AdminFileError, AdminStore
-    from geventchat.errors import ChatError
-    from geventchat.text import check_name
+    from geventchat.core.errors import ChatError
+    from geventchat.core.text import check_name
+    from geventchat.store.admins import AdminFileError, AdminStore
 
     try:
         store = AdminStore(args.admins)

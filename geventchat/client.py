@@ -38,7 +38,7 @@ from prompt_toolkit.output import create_output
 from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.shortcuts import PromptSession
 
-from geventchat.text import clean, name_key
+from geventchat.core.text import clean, name_key
 
 #: Bytes per ``recv``: large, so a burst (a history replay) costs few system calls.
 RECV_SIZE = 65536

@@ -1,9 +1,9 @@
 """The TCP edge: a gevent ``StreamServer`` with one reader greenlet per client.
 
-Each connection reads bytes, feeds them to the sans-IO :class:`~geventchat.protocol.LineDecoder`
+Each connection reads bytes, feeds them to the sans-IO :class:`~geventchat.wire.native.LineDecoder`
 and acts on the lines: first the handshake (name, then password for admin accounts), then
-commands through :func:`~geventchat.commands.dispatch`. Output never goes through this
-greenlet's blocking calls: it is handed to the client's :class:`~geventchat.outbuf.Output`.
+commands through :func:`~geventchat.wire.native_commands.dispatch`. Output never goes through this
+greenlet's blocking calls: it is handed to the client's :class:`~geventchat.edges.outbuf.Output`.
 
 :class:`ChatServer` owns the life cycle: start, graceful stop (notice to everyone, history
 flushed, connections drained and closed, ``server.stop(timeout)``) on ``/shutdown``,
@@ -20,7 +20,6 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -31,14 +30,15 @@ from gevent.event import Event
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
-from geventchat import events as ev
-from geventchat.commands import dispatch
-from geventchat.errors import ChatError
-from geventchat.flood import BURST, RATE, FloodGate, Verdict
-from geventchat.hub import Hub, Session
-from geventchat.outbuf import MAX_SENDQ, Output
-from geventchat.protocol import MAX_LINE, NATIVE, TOO_LONG, LineDecoder, LineTooLong, parse
-from geventchat.text import check_name, name_key
+from geventchat.config import Settings
+from geventchat.core import events as ev
+from geventchat.core.errors import ChatError
+from geventchat.core.flood import FloodGate, Verdict
+from geventchat.core.hub import Hub, Session
+from geventchat.core.text import check_name, name_key
+from geventchat.edges.outbuf import Output
+from geventchat.wire.native import NATIVE, TOO_LONG, LineDecoder, LineTooLong, parse
+from geventchat.wire.native_commands import dispatch
 
 log = logging.getLogger(__name__)
 
@@ -148,34 +148,6 @@ def looks_like_irc(line: str | LineTooLong) -> bool:
         return False
     word, sep, rest = line.partition(" ")
     return bool(sep and rest.strip()) and word.upper() in IRC_FIRST_WORDS
-
-
-@dataclass
-class Settings:
-    """Everything ``geventchat serve`` can be told; defaults are the documented ones."""
-
-    host: str = "127.0.0.1"
-    port: int = 9999
-    history: Path = Path("history.txt")
-    admins: Path | None = None
-    history_replay: int = 100
-    max_clients: int = 1000
-    max_sendq: int = MAX_SENDQ
-    max_line: int = MAX_LINE
-    register_timeout: float = 60.0
-    idle_timeout: float = 0.0  # 0: off (TCP keepalive still finds vanished peers)
-    max_per_ip: int = 0  # 0: no limit
-    rate_limit: float = RATE
-    rate_burst: int = BURST
-    fsync: str = "interval"
-    history_max: int | None = None
-    password_file: Path | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    irc_port: int | None = None
-    server_name: str = field(default_factory=socket.gethostname)
-    motd: Path | None = None
-    stop_timeout: float = 5.0
 
 
 class Connection:
@@ -568,7 +540,7 @@ class ChatServer:
 
     def _run_irc(self, native: Connection, first_lines: list) -> None:
         """Continue a connection as IRC (``ircconn``), reusing its socket state."""
-        from geventchat.ircconn import IrcConnection
+        from geventchat.edges.irc import IrcConnection
 
         self.connections.discard(native)
         irc = IrcConnection(self, native.sock, native.addr_tuple, native.out, native.decoder,
@@ -654,8 +626,8 @@ def _load_server_password(path: Path | None) -> bytes | None:
 
 def build_hub(settings: Settings) -> Hub:
     """The embedded defaults: in-process hub, file history, file admin accounts."""
-    from geventchat.auth import AdminStore
-    from geventchat.history import History
+    from geventchat.store.admins import AdminStore
+    from geventchat.store.history import History
 
     hub: Hub
 

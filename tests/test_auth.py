@@ -8,8 +8,8 @@ import os
 import gevent
 import pytest
 
-from geventchat import auth
-from geventchat.auth import AdminFileError, AdminStore, key
+from geventchat.store import admins as auth
+from geventchat.store.admins import AdminFileError, AdminStore, key
 
 PASSWORD = "correct horse battery staple"
 

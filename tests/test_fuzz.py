@@ -19,9 +19,9 @@ from collections.abc import Callable
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from geventchat.errors import ChatError
-from geventchat.protocol import TOO_LONG, Command, LineDecoder, parse
-from geventchat.text import NAME_MAX, check_name, clean
+from geventchat.core.errors import ChatError
+from geventchat.core.text import NAME_MAX, check_name, clean
+from geventchat.wire.native import TOO_LONG, Command, LineDecoder, parse
 from tests.helpers import TIMEOUT, LineClient, wait_for
 
 EXAMPLES = 2000

@@ -19,9 +19,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from geventchat import history
-from geventchat.events import Action, Cleared, Joined, Message
-from geventchat.history import History, decode_record, encode_record
+from geventchat.core.events import Action, Cleared, Joined, Message
+from geventchat.store import history
+from geventchat.store.history import History, decode_record, encode_record
 
 T0 = datetime(2026, 11, 23, 21, 5, 9, 123456, tzinfo=UTC)
 WAIT = 5.0  # upper bound of every wait: generous, yet a hang fails fast
@@ -212,7 +212,7 @@ def _write_records(path, *events) -> None:
 def test_torn_tail_is_skipped_and_next_append_starts_fresh_line(path, caplog):
     _write_records(path, msg(0), msg(1), msg(2))
     path.write_bytes(path.read_bytes()[:-10])  # crash in the middle of the third record
-    with caplog.at_level(logging.WARNING, logger="geventchat.history"):
+    with caplog.at_level(logging.WARNING, logger="geventchat.store.history"):
         h = History(path)
     assert texts(h.recent()) == ["line 0", "line 1"]
     assert any("line 3" in r.getMessage() and "torn" in r.getMessage() for r in caplog.records)
@@ -221,7 +221,7 @@ def test_torn_tail_is_skipped_and_next_append_starts_fresh_line(path, caplog):
     lines = file_lines(path)
     assert len(lines) == 4 and decode_record(lines[3]) == msg(3)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="geventchat.history"):
+    with caplog.at_level(logging.WARNING, logger="geventchat.store.history"):
         assert texts(History(path).recent()) == ["line 0", "line 1", "line 3"]
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
 
@@ -229,7 +229,7 @@ def test_torn_tail_is_skipped_and_next_append_starts_fresh_line(path, caplog):
 def test_corrupt_middle_line_is_skipped(path, caplog):
     path.write_bytes(encode_record(msg(0)) + b'{"kind": "mess\x00age"\n' + b"\xff\xff\n\n"
                      + encode_record(msg(1)))
-    with caplog.at_level(logging.WARNING, logger="geventchat.history"):
+    with caplog.at_level(logging.WARNING, logger="geventchat.store.history"):
         h = History(path)
     assert texts(h.recent()) == ["line 0", "line 1"]
     warned = " ".join(r.getMessage() for r in caplog.records)
@@ -366,7 +366,7 @@ def test_write_error_reported_once_records_kept_and_retried(path, failing_disk, 
     monkeypatch.setattr(history, "RETRY_INTERVAL", 0.02)
     errors: list[str] = []
     h = History(path, on_error=errors.append)
-    with caplog.at_level(logging.INFO, logger="geventchat.history"):
+    with caplog.at_level(logging.INFO, logger="geventchat.store.history"):
         h.append(msg(0))  # never raises
         wait_until(lambda: errors)
         h.append(msg(1))
@@ -435,7 +435,7 @@ def test_partial_write_does_not_duplicate_or_glue(path, monkeypatch, caplog):
     h.close()
     assert len(file_lines(path)) == 5  # 2 whole, 1 torn, then the 2 unwritten ones again
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="geventchat.history"):
+    with caplog.at_level(logging.WARNING, logger="geventchat.store.history"):
         assert History(path).recent() == [msg(i) for i in range(4)]
     assert [r.levelno for r in caplog.records] == [logging.WARNING]
 
@@ -443,7 +443,7 @@ def test_partial_write_does_not_duplicate_or_glue(path, monkeypatch, caplog):
 def test_queue_bound_drops_oldest(path, failing_disk, monkeypatch, caplog):
     monkeypatch.setattr(history, "MAX_QUEUED", 5)
     h = History(path, replay=100)
-    with caplog.at_level(logging.WARNING, logger="geventchat.history"):
+    with caplog.at_level(logging.WARNING, logger="geventchat.store.history"):
         for i in range(8):
             h.append(msg(i))
     assert len([r for r in caplog.records if "dropping" in r.getMessage()]) == 1
@@ -456,7 +456,7 @@ def test_queue_bound_drops_oldest(path, failing_disk, monkeypatch, caplog):
 def test_close_gives_up_after_timeout_on_dead_disk(path, failing_disk, caplog):
     h = History(path)
     h.append(msg(0))
-    with caplog.at_level(logging.ERROR, logger="geventchat.history"):
+    with caplog.at_level(logging.ERROR, logger="geventchat.store.history"):
         with gevent.Timeout(WAIT):
             h.close(timeout=0.1)
     assert any("not on disk" in r.getMessage() for r in caplog.records)

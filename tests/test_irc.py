@@ -15,7 +15,7 @@ from collections.abc import Callable
 import irc.client
 import pytest
 
-from geventchat.irc import IrcLine, parse_line
+from geventchat.wire.irc import IrcLine, parse_line
 from tests.helpers import TIMEOUT, LineClient, ServerProcess, add_admin
 
 IRC_FLAGS = ("--irc-port", "0", "--server-name", "irc.test", "--rate-limit", "0")
@@ -693,11 +693,11 @@ def inproc(tmp_path):
     import gevent
     from gevent import socket as gsocket
 
-    from geventchat.flood import FloodGate
-    from geventchat.ircconn import IrcConnection
-    from geventchat.outbuf import Output
-    from geventchat.protocol import LineDecoder
+    from geventchat.core.flood import FloodGate
+    from geventchat.edges.irc import IrcConnection
+    from geventchat.edges.outbuf import Output
     from geventchat.server import ChatServer, Settings, build_hub
+    from geventchat.wire.native import LineDecoder
 
     settings = Settings(port=0, history=tmp_path / "h.txt", admins=None, server_name="irc.test",
                         register_timeout=30.0)

@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from geventchat import events as ev
-from geventchat.hub import Room, Session
-from geventchat.irc import (
+from geventchat.core import events as ev
+from geventchat.core.hub import Room, Session
+from geventchat.wire.irc import (
     MAX_BODY,
     Hostmasks,
     IrcDecoder,
@@ -27,7 +27,7 @@ from geventchat.irc import (
     unescape_tag,
     word,
 )
-from geventchat.protocol import TOO_LONG, LineDecoder
+from geventchat.wire.native import TOO_LONG, LineDecoder
 
 T0 = datetime(2011, 10, 19, 16, 40, 51, 620000, tzinfo=UTC)
 

@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from geventchat import events as ev
-from geventchat.errors import ChatError
-from geventchat.protocol import NATIVE, TOO_LONG, Command, LineDecoder, parse
-from geventchat.text import check_name, clean, name_key
+from geventchat.core import events as ev
+from geventchat.core.errors import ChatError
+from geventchat.core.text import check_name, clean, name_key
+from geventchat.wire.native import NATIVE, TOO_LONG, Command, LineDecoder, parse
 
 
 def feed_whole(data: bytes, limit: int = 4096) -> list:

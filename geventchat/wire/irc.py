@@ -1,13 +1,13 @@
 """The IRC protocol, sans-IO: line codec, CTCP, numerics and the renderer of chat events.
 
-Like :mod:`geventchat.protocol`, nothing here touches a socket or a greenlet:
+Like :mod:`geventchat.wire.native`, nothing here touches a socket or a greenlet:
 
-* :class:`IrcDecoder` turns bytes (or lines a :class:`~geventchat.protocol.LineDecoder`
+* :class:`IrcDecoder` turns bytes (or lines a :class:`~geventchat.wire.native.LineDecoder`
   already split) into :class:`IrcLine` objects, enforcing the 512-byte limit of RFC 1459
   and the IRCv3 tag limit;
 * :func:`parse_line` / :func:`format_line` are the message grammar of the modern IRC
   client protocol (tags, source, command, middle parameters, trailing parameter);
-* :class:`IrcRenderer` turns the protocol-neutral events of :mod:`geventchat.events` into
+* :class:`IrcRenderer` turns the protocol-neutral events of :mod:`geventchat.core.events` into
   IRC lines, so IRC users and native users see each other's actions, each in their own
   protocol. ``ircconn`` is the only place that moves these bytes to and from a socket.
 
@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, ClassVar, Final
 
-from geventchat import events as ev
-from geventchat.protocol import TOO_LONG, LineDecoder, LineTooLong
-from geventchat.text import clean
+from geventchat.core import events as ev
+from geventchat.core.text import clean
+from geventchat.wire.native import TOO_LONG, LineDecoder, LineTooLong
 
 if TYPE_CHECKING:
-    from geventchat.hub import Room, Session
+    from geventchat.core.hub import Room, Session
 
 #: Bytes of one message without its tags, CRLF included (RFC 1459 2.3).
 MAX_BODY: Final = 512
@@ -302,7 +302,7 @@ def body_too_long(line: str) -> bool:
 
 
 class IrcDecoder:
-    """Bytes in, :class:`IrcLine` (or :data:`~geventchat.protocol.TOO_LONG`) out.
+    """Bytes in, :class:`IrcLine` (or :data:`~geventchat.wire.native.TOO_LONG`) out.
 
     It wraps a :class:`LineDecoder` for the line splitting (LF or CRLF, partial reads,
     bounded memory, U+FFFD for invalid UTF-8). The connection passes the decoder the native

@@ -48,8 +48,8 @@ from typing import Any
 import gevent
 from gevent.event import Event
 
-from geventchat import atomic
-from geventchat.events import STORED, Action, Cleared, Message
+from geventchat.core.events import STORED, Action, Cleared, Message
+from geventchat.store import atomic
 
 log = logging.getLogger(__name__)
 

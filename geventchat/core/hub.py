@@ -3,7 +3,7 @@
 Fan-out is batched per room and per event-loop pass. :meth:`Room.broadcast` only appends
 the event to the room's pending list and, once per pass, schedules :meth:`Room.flush` as a
 loop callback. The flush renders the whole batch once per protocol present in the room and
-hands the same bytes to every member's :class:`~geventchat.outbuf.Output`, which sends
+hands the same bytes to every member's :class:`~geventchat.edges.outbuf.Output`, which sends
 without waiting. So a busy room costs one render and one ``send`` per member per loop pass,
 however many lines were said in it, and a slow member never holds anyone up.
 
@@ -24,10 +24,10 @@ from typing import Protocol
 
 import gevent
 
-from geventchat import events as ev
-from geventchat.errors import ChatError
-from geventchat.outbuf import Output
-from geventchat.text import name_key
+from geventchat.core import events as ev
+from geventchat.core.errors import ChatError
+from geventchat.core.text import name_key
+from geventchat.edges.outbuf import Output
 
 log = logging.getLogger(__name__)
 

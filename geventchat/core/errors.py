@@ -1,14 +1,14 @@
 """Coded chat errors.
 
 Handlers raise :class:`ChatError` for anything a peer did wrong; the connection layer turns
-it into an :class:`~geventchat.events.Error` event that each protocol renders its own way
+it into an :class:`~geventchat.core.events.Error` event that each protocol renders its own way
 (``! text`` natively, a numeric for IRC). A peer's bad input never escapes as any other
 exception. The codes are stable identifiers, the texts are for humans.
 """
 
 from __future__ import annotations
 
-from geventchat.events import Error
+from geventchat.core.events import Error
 
 # code -> default human text. Codes are what renderers map (IRC numerics come next).
 CODES: dict[str, str] = {

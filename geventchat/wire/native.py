@@ -15,8 +15,8 @@ import weakref
 from dataclasses import dataclass
 from typing import Final
 
-from geventchat import events as ev
-from geventchat.text import clean
+from geventchat.core import events as ev
+from geventchat.core.text import clean
 
 #: Longest accepted line in bytes, newline excluded. 4096 holds any sane chat line with room
 #: to spare and bounds what one peer can make us buffer.

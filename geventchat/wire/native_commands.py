@@ -13,11 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from geventchat import events as ev
-from geventchat.errors import ChatError
-from geventchat.hub import Hub, Session
-from geventchat.protocol import Command, split_arg
-from geventchat.text import check_name, name_key
+from geventchat.core import events as ev
+from geventchat.core.errors import ChatError
+from geventchat.core.hub import Hub, Session
+from geventchat.core.text import check_name, name_key
+from geventchat.wire.native import Command, split_arg
 
 Handler = Callable[[Hub, Session, str], None]
 

@@ -12,7 +12,7 @@ from functools import lru_cache
 
 from confusable_homoglyphs import categories, confusables
 
-from geventchat.errors import ChatError
+from geventchat.core.errors import ChatError
 
 #: Longest name, in characters (after NFKC).
 NAME_MAX = 32

@@ -2,9 +2,9 @@
 
 ``ChatServer`` hands a connection over here once its first line looked like IRC (or from
 the first byte on ``--irc-port``). The shape is the native connection's: one reader
-greenlet feeds bytes to the sans-IO codec (:mod:`geventchat.irc`), throttles every line
-with the same :class:`~geventchat.flood.FloodGate`, and acts on it; output only ever goes
-to the client's non-blocking :class:`~geventchat.outbuf.Output`.
+greenlet feeds bytes to the sans-IO codec (:mod:`geventchat.wire.irc`), throttles every line
+with the same :class:`~geventchat.core.flood.FloodGate`, and acts on it; output only ever goes
+to the client's non-blocking :class:`~geventchat.edges.outbuf.Output`.
 
 Everything a user does goes through the hub as protocol-neutral events (``room.say``,
 ``hub.rename``, ``hub.part``...), so native users see IRC users' actions in their own
@@ -30,13 +30,16 @@ from typing import TYPE_CHECKING, Final
 
 import gevent
 
-from geventchat import __version__, irc
-from geventchat import events as ev
-from geventchat.commands import kill
-from geventchat.errors import ChatError
-from geventchat.flood import FloodGate
-from geventchat.hub import Room, Session
-from geventchat.irc import (
+from geventchat import __version__
+from geventchat.core import events as ev
+from geventchat.core.errors import ChatError
+from geventchat.core.flood import FloodGate
+from geventchat.core.hub import Room, Session
+from geventchat.core.text import check_name, clean, name_key
+from geventchat.edges.outbuf import Output
+from geventchat.server import read_lines, throttle, wake_reader
+from geventchat.wire import irc
+from geventchat.wire.irc import (
     Hostmasks,
     IrcDecoder,
     IrcError,
@@ -48,10 +51,8 @@ from geventchat.irc import (
     parse_ctcp,
     word,
 )
-from geventchat.outbuf import Output
-from geventchat.protocol import TOO_LONG, LineDecoder, LineTooLong
-from geventchat.server import read_lines, throttle, wake_reader
-from geventchat.text import check_name, clean, name_key
+from geventchat.wire.native import TOO_LONG, LineDecoder, LineTooLong
+from geventchat.wire.native_commands import kill
 
 if TYPE_CHECKING:
     from geventchat.server import ChatServer

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 import gevent
 
-from geventchat import atomic
-from geventchat.text import name_key
+from geventchat.core.text import name_key
+from geventchat.store import atomic
 
 log = logging.getLogger(__name__)
 
