@@ -27,6 +27,8 @@ class Message:
     text: str
     room: str = "lobby"
     time: datetime = field(default_factory=now)
+    #: Per-room id of a stored line (0 until the history or broker numbers it).
+    id: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +39,8 @@ class Action:
     text: str
     room: str = "lobby"
     time: datetime = field(default_factory=now)
+    #: Per-room id of a stored line (0 until the history or broker numbers it).
+    id: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +130,8 @@ class Cleared:
     by: str
     room: str = "lobby"
     time: datetime = field(default_factory=now)
+    #: Per-room id of a stored line (0 until the history or broker numbers it).
+    id: int = 0
 
 
 @dataclass(frozen=True, slots=True)
