@@ -26,17 +26,28 @@ CODES: dict[str, str] = {
     "flood": "slow down",
     "sendq": "sendq exceeded",
     "timeout": "timeout",
+    "no_such_room": "no such room",
+    "not_member": "you are not in that room",
+    "target_not_member": "they are not in that room",
+    "not_operator": "you are not an operator of that room",
+    "admins_only": "permission denied: admins only",
+    "too_many_rooms": "you are in too many rooms",
+    "cannot_send": "cannot send to that room",
+    "not_delivered": "not delivered: chat backplane unavailable",
 }
 
 
 class ChatError(Exception):
     """Something a peer did that we refuse, with a stable ``code`` and a human ``text``."""
 
-    def __init__(self, code: str, text: str | None = None) -> None:
+    def __init__(self, code: str, text: str | None = None, *params: str) -> None:
         if code not in CODES:
             raise ValueError(f"unknown error code {code!r}")
         self.code = code
         self.text = text if text is not None else CODES[code]
+        #: What the error is about (a name, a room), for protocols whose replies carry it
+        #: as parameters (IRC numerics).
+        self.params = params
         super().__init__(self.text)
 
     def event(self) -> Error:

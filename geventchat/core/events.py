@@ -135,6 +135,18 @@ class Cleared:
 
 
 @dataclass(frozen=True, slots=True)
+class ModeChanged:
+    """``by`` (a user, or empty for the server) changed modes of ``room``: ``modes`` as
+    IRC writes them (``+o``, ``-t``), ``args`` their parameters (``("bob",)``)."""
+
+    room: str
+    by: str
+    modes: str
+    args: tuple[str, ...] = ()
+    time: datetime = field(default_factory=now)
+
+
+@dataclass(frozen=True, slots=True)
 class Shutdown:
     """The server is stopping; every connection will be closed."""
 
@@ -171,5 +183,5 @@ STORED = {"message": Message, "action": Action, "cleared": Cleared}
 
 Event = (
     Message | Action | PrivateMessage | Joined | Left | Quit | Kicked | Killed | Topic | Renamed
-    | Cleared | Shutdown | Notice | Prompt | Error
+    | Cleared | ModeChanged | Shutdown | Notice | Prompt | Error
 )

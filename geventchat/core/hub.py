@@ -25,9 +25,9 @@ from typing import Protocol
 import gevent
 
 from geventchat.core import events as ev
+from geventchat.core.broker import Broker
 from geventchat.core.errors import ChatError
 from geventchat.core.text import name_key
-from geventchat.edges.outbuf import Output
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,14 @@ def _speakers(events: list[ev.Event]) -> list[str]:
     return list(dict.fromkeys(name_key(e.name) for e in events if type(e) in _SPOKEN))
 
 
+class Output(Protocol):
+    """A client's non-blocking output (``edges.outbuf.Output``): what fan-out writes to."""
+
+    closed: bool
+
+    def write(self, data: bytes) -> None: ...
+
+
 class Renderer(Protocol):
     """What a protocol provides to the hub: events in, wire bytes out.
 
@@ -73,20 +81,6 @@ class Renderer(Protocol):
                    joined: ev.Joined) -> bytes: ...
 
 
-class HistoryStore(Protocol):
-    """What a room needs from its storage (``history.History`` is the file-backed one)."""
-
-    def recent(self) -> list[ev.Event]: ...
-
-    def append(self, event: ev.Event) -> None: ...
-
-    def clear(self, event: ev.Cleared) -> None: ...
-
-    def flush(self, timeout: float | None = None) -> bool: ...
-
-    def close(self) -> None: ...
-
-
 class Session:
     """A registered user: identity, rights, the rooms it is in, and how to reach it.
 
@@ -96,7 +90,7 @@ class Session:
     """
 
     __slots__ = ("name", "key", "account", "rooms", "room", "out", "proto", "addr",
-                 "disconnect", "extra")
+                 "disconnect", "extra", "always_in_room")
 
     def __init__(
         self,
@@ -121,6 +115,9 @@ class Session:
         # Per-protocol state (IRC: user, away...); a protocol that needs it sets its own
         # dict, so the many native sessions share one empty, read-only mapping.
         self.extra: Mapping[str, object] = _NO_EXTRA
+        #: Native and web users are always in some room (a kick sends them to the lobby);
+        #: IRC users may be in none.
+        self.always_in_room = False
 
     @property
     def is_admin(self) -> bool:
@@ -150,12 +147,17 @@ class Session:
 
 
 class Room:
-    """Members, operators, topic, history and the pending broadcast batch of one room."""
+    """Members, operators, topic and the pending delivery batch of one room, on this node.
 
-    def __init__(self, name: str, history: HistoryStore) -> None:
+    Publishing goes through the hub's :class:`~geventchat.core.broker.Broker` (which orders
+    and stores, locally or through Redis); what the broker hands back for delivery enters
+    :meth:`deliver`, and one loop pass later :meth:`flush` renders and sends it.
+    """
+
+    def __init__(self, name: str, broker: Broker) -> None:
         self.name = name
         self.key = name_key(name)
-        self.history = history
+        self.broker = broker
         self.topic = ""
         self.topic_locked = True  # IRC +t: only operators set the topic
         self.members: dict[str, Session] = {}
@@ -168,12 +170,37 @@ class Room:
         self._fresh: dict[str, tuple[Session, int]] = {}
         self._outputs: dict[Renderer, list[Output]] | None = None
         self._scheduled = False
+        self._flushing = False  # a flush is under way (a re-entry queues another pass)
+        self._again = False
         self._spoken = 0  # pending events up to here include more than joins and leaves
         self._timer = None  # pending presence flush (a loop timer), if any
         self.version = 0  # bumped whenever the history changes (replay caches key on it)
+        self._names: tuple[int, list[str]] | None = None  # sorted names per membership
+        self._membership = 0  # bumped at every join, leave and rename
         self._loop = gevent.get_hub().loop
 
-    # --- fan-out ------------------------------------------------------------------------
+    # --- publishing (through the broker) -----------------------------------------------
+
+    def say(self, event: ev.Message | ev.Action) -> None:
+        """A stored line: ordered and stored by the broker, then delivered to everyone."""
+        self.broker.publish(self, event)
+
+    def clear(self, by: str) -> None:
+        """Empty the history (atomically, on disk too) and tell everyone."""
+        self.broker.clear(self, ev.Cleared(by, self.name))
+
+    def set_topic(self, by: str, text: str) -> None:
+        self.topic = text
+        self.broker.announce(self, ev.Topic(self.name, by, text))
+
+    def recent(self) -> list[ev.Event]:
+        return self.broker.recent(self)
+
+    # --- delivery (what the broker hands back) -------------------------------------------
+
+    def stored(self) -> None:
+        """The history changed (a line stored or a clear): replay caches are stale."""
+        self.version += 1
 
     def broadcast(self, event: ev.Event) -> None:
         """Queue ``event`` for every member; it goes out at the end of this loop pass."""
@@ -182,11 +209,13 @@ class Room:
         if not self._scheduled:
             self._schedule()
 
+    deliver = broadcast
+
     def _schedule(self) -> None:
         self._scheduled = True
         self._loop.run_callback(self._flush_callback)
 
-    def _presence(self, event: ev.Event | None) -> None:
+    def presence(self, event: ev.Event | None) -> None:
         """Queue a join/leave notice (or only a newcomer's admission) to go out with the
         next chat line, or after :data:`PRESENCE_DELAY` at the latest."""
         if event is not None:
@@ -206,14 +235,26 @@ class Room:
             self._timer.close()
             self._timer = None
 
-    def say(self, event: ev.Message | ev.Action) -> None:
-        """A stored line: history first (in memory at once), then everyone."""
-        self.history.append(event)
-        self.version += 1
-        self.broadcast(event)
-
     def flush(self) -> None:
-        """Render the pending batch once per protocol and hand it to every member."""
+        """Render the pending batch once per protocol and hand it to every member.
+
+        Never re-enters itself: a write that ends a member (its sendq overflowed) may make
+        code that flushes run in the middle of this one; that call only asks for another
+        pass, which runs when this one is done, so no member map changes mid-iteration and
+        no line of the batch is lost."""
+        if self._flushing:
+            self._again = True
+            return
+        self._flushing = True
+        try:
+            self._flush_once()
+            while self._again:
+                self._again = False
+                self._flush_once()
+        finally:
+            self._flushing = False
+
+    def _flush_once(self) -> None:
         if self._timer is not None:
             self._cancel_timer()
         events = self._pending
@@ -241,7 +282,7 @@ class Room:
                         for out in outputs[proto]:
                             out.write(data)
                 else:
-                    for member in members.values():
+                    for member in list(members.values()):
                         member.out.write(proto.render_for(member, events))
         if self._fresh:
             self._admit(events)
@@ -289,12 +330,13 @@ class Room:
         """
         if session.key in self.members:
             return
-        replay = self.history.recent()
+        replay = self.recent()
         joined = ev.Joined(session.name, self.name)
-        if not self.members and self.name != LOBBY_NAME:
+        if not self.members and self.key != LOBBY_NAME:
             self.ops.add(session.key)  # the first in a new room runs it
-        self._presence(joined if self.members else None)
+        self.presence(joined if self.members else None)
         self.members[session.key] = session
+        self._membership += 1
         session.rooms[self.key] = self
         session.room = self
         self._fresh[session.key] = (session, len(self._pending))
@@ -312,12 +354,13 @@ class Room:
         self._remove(session)
         if event is not None and self.members:
             if isinstance(event, ev.Left | ev.Quit):
-                self._presence(event)
+                self.presence(event)
             else:
                 self.broadcast(event)
 
     def _remove(self, session: Session) -> None:
         self._outputs = None
+        self._membership += 1
         self.members.pop(session.key, None)
         self._fresh.pop(session.key, None)
         self.ops.discard(session.key)
@@ -333,6 +376,7 @@ class Room:
     def rekey(self, session: Session, old_key: str) -> None:
         """Keep the member maps in step with a rename."""
         self.flush()  # also admits newcomers, so the session is an ordinary target now
+        self._membership += 1
         self.members.pop(old_key, None)
         self.members[session.key] = session
         members = self._targets[session.proto]
@@ -343,19 +387,14 @@ class Room:
             self.ops.discard(old_key)
             self.ops.add(session.key)
 
-    def clear(self, by: str) -> None:
-        """Empty the history (atomically, on disk too) and tell everyone."""
-        event = ev.Cleared(by, self.name)
-        self.history.clear(event)
-        self.version += 1
-        self.broadcast(event)
-
-    def set_topic(self, by: str, text: str) -> None:
-        self.topic = text
-        self.broadcast(ev.Topic(self.name, by, text))
-
     def names(self) -> list[str]:
-        return sorted((s.name for s in self.members.values()), key=str.casefold)
+        """Members' names, sorted; cached until the membership changes (``/who`` and
+        NAMES at line rate must not sort the room each time)."""
+        cached = self._names
+        if cached is None or cached[0] != self._membership:
+            names = sorted((s.name for s in self.members.values()), key=str.casefold)
+            self._names = cached = (self._membership, names)
+        return cached[1]
 
 
 class AdminDirectory(Protocol):
@@ -367,38 +406,52 @@ class AdminDirectory(Protocol):
 
 
 class Hub:
-    """Server-wide state: who is connected, which rooms exist, the admin accounts.
+    """Server-wide state on this node: who is connected, which rooms are in use, the admin
+    accounts, and counters kept as things change (LUSERS and metrics read them in O(1)).
 
-    ``history_for(room_name)`` builds the storage for a room the first time it is used, so
-    the hub never knows whether history lives in files, memory or (later) Redis.
+    The rule of this class and of :class:`Room`: **no method ever switches greenlets**.
+    Anything that may wait (loading a room's history, asking Redis, hashing a password)
+    happens in the actions layer or the edges before or after a hub call, never inside
+    one; so a hub change is atomic as seen by every other greenlet.
     """
 
-    def __init__(
-        self, history_for: Callable[[str], HistoryStore], admins: AdminDirectory
-    ) -> None:
-        self._history_for = history_for
+    def __init__(self, broker: Broker, admins: AdminDirectory) -> None:
+        self.broker = broker
         self.admins = admins
         self.users: dict[str, Session] = {}
         self.rooms: dict[str, Room] = {}
         self.lobby = self.room(LOBBY_NAME)
         self.stopping = False
         self.on_shutdown: Callable[[str], None] | None = None
+        self.opers = 0  # sessions logged in as admins
+        self.invisible = 0  # IRC users with mode +i
 
     # --- rooms ---------------------------------------------------------------------------
 
     def room(self, name: str) -> Room:
-        """The room called ``name`` (a valid name), created on first use."""
+        """The room called ``name`` (a valid name), created on first use. The broker opens
+        its storage without waiting; :meth:`Broker.prepare` waits for it, outside the hub."""
         key = name_key(name)
         room = self.rooms.get(key)
         if room is None:
-            room = self.rooms[key] = Room(name, self._history_for(name))
+            room = self.rooms[key] = Room(name, self.broker)
+            self.broker.open(room)
         return room
 
     def find_room(self, name: str) -> Room | None:
         return self.rooms.get(name_key(name))
 
-    def join(self, session: Session, room: Room) -> None:
+    def join(self, session: Session, room: Room) -> bool:
+        """Put ``session`` in ``room``; False (and nothing changes) if the session is no
+        longer registered (killed while its join was being prepared)."""
+        if self.users.get(session.key) is not session:
+            self._collect(room)
+            return False
+        if self.rooms.get(room.key) is not room:
+            # The room was emptied and dropped while the caller prepared it: use it again.
+            self.rooms[room.key] = room
         room.join(session)
+        return True
 
     def part(self, session: Session, room: Room, event: ev.Event | None) -> None:
         """Take ``session`` out of ``room``; drop the room from memory once it is empty."""
@@ -406,10 +459,16 @@ class Hub:
         self._collect(room)
 
     def _collect(self, room: Room) -> None:
-        if not room.members and room is not self.lobby:
+        """Forget an empty room; its storage is closed in the background (never here)."""
+        if not room.members and room is not self.lobby and self.rooms.get(room.key) is room:
             room.flush()
             del self.rooms[room.key]
-            room.history.close()
+            self.broker.close(room)
+
+    @property
+    def channels(self) -> int:
+        """Rooms with someone in them."""
+        return len(self.rooms) - (0 if self.lobby.members else 1)
 
     def active_rooms(self) -> list[Room]:
         """The lobby and every room with someone in it, lobby first."""
@@ -426,12 +485,14 @@ class Hub:
         """Raise ``name_taken`` unless ``name`` is free (or already ``me``'s)."""
         other = self.users.get(name_key(name))
         if other is not None and other is not me:
-            raise ChatError("name_taken", f"name taken: {name}")
+            raise ChatError("name_taken", f"name taken: {name}", name)
 
     def register(self, session: Session, join_lobby: bool = True) -> None:
         """Make ``session`` a user and (native clients) put it in the lobby."""
         self.check_free(session.name)
         self.users[session.key] = session
+        if session.is_admin:
+            self.opers += 1
         log.info("%s joined from %s", session.name, session.addr)
         if join_lobby:
             self.lobby.join(session)
@@ -441,6 +502,10 @@ class Hub:
         if self.users.get(session.key) is not session:
             return
         del self.users[session.key]
+        if session.is_admin:
+            self.opers -= 1
+        if "i" in session.extra.get("modes", ()):
+            self.invisible -= 1
         # Batched per room like any line. An IRC user sharing several rooms with the
         # leaver reads one QUIT per room; clients ignore the repeats for an unknown nick.
         for room in list(session.rooms.values()):
@@ -482,6 +547,39 @@ class Hub:
     def sessions(self) -> list[Session]:
         return list(self.users.values())
 
+    def set_account(self, session: Session, account: str | None) -> None:
+        """Give (an admin login) or take (``-o``, a removed account) admin rights."""
+        if session.is_admin != (account is not None) and self.users.get(session.key) is session:
+            self.opers += 1 if account is not None else -1
+        session.account = account
+
+    def set_invisible(self, session: Session, modes: set[str], on: bool) -> bool:
+        """IRC user mode ``+i``; True if it changed."""
+        if ("i" in modes) == on:
+            return False
+        if on:
+            modes.add("i")
+        else:
+            modes.discard("i")
+        if self.users.get(session.key) is session:
+            self.invisible += 1 if on else -1
+        return True
+
+    def reload_admins(self) -> list[Session]:
+        """Re-read the admin accounts; sessions whose account is gone lose their rights at
+        once (and are told). Returns those sessions."""
+        reload = getattr(self.admins, "reload", None)
+        if reload is not None:
+            reload()
+        demoted = []
+        for session in self.sessions():
+            if session.account is not None and not self.admins.is_admin(session.account):
+                self.set_account(session, None)
+                session.send(ev.Notice("your admin account was removed: you are no "
+                                       "longer an admin"))
+                demoted.append(session)
+        return demoted
+
     def notify_admins(self, text: str) -> None:
         """Tell every admin online (disk trouble and the like)."""
         for session in self.sessions():
@@ -495,10 +593,6 @@ class Hub:
         if self.on_shutdown is not None:
             self.on_shutdown(reason)
 
-    def close_storage(self) -> None:
-        """Flush and close every room's history (shutdown)."""
-        for room in self.rooms.values():
-            try:
-                room.history.close()
-            except Exception:  # one bad store must not keep the others unflushed
-                log.exception("closing history of room %s", room.name)
+    def close_storage(self, timeout: float) -> None:
+        """Flush and close every room's storage against one deadline (shutdown)."""
+        self.broker.close_all(timeout)

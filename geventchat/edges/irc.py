@@ -26,18 +26,18 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import gevent
 
 from geventchat import __version__
+from geventchat.core import actions
 from geventchat.core import events as ev
 from geventchat.core.errors import ChatError
-from geventchat.core.flood import FloodGate
 from geventchat.core.hub import Room, Session
 from geventchat.core.text import check_name, clean, name_key
+from geventchat.edges.base import ClientConnection, EdgeContext
 from geventchat.edges.outbuf import Output
-from geventchat.server import read_lines, throttle, wake_reader
 from geventchat.wire import irc
 from geventchat.wire.irc import (
     Hostmasks,
@@ -52,10 +52,6 @@ from geventchat.wire.irc import (
     word,
 )
 from geventchat.wire.native import TOO_LONG, LineDecoder, LineTooLong
-from geventchat.wire.native_commands import kill
-
-if TYPE_CHECKING:
-    from geventchat.server import ChatServer
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +141,7 @@ class IrcNetwork:
 _NETWORKS: weakref.WeakKeyDictionary[object, IrcNetwork] = weakref.WeakKeyDictionary()
 
 
-def network_for(server: ChatServer) -> IrcNetwork:
+def network_for(server: EdgeContext) -> IrcNetwork:
     net = _NETWORKS.get(server)
     if net is None:
         net = _NETWORKS[server] = IrcNetwork(server.settings.server_name)
@@ -169,131 +165,113 @@ class IrcSession(Session):
             self.conn.send(event)
 
 
-def _is_irc(session: Session) -> bool:
-    return isinstance(session, IrcSession)
+#: Action refusals (``ChatError`` codes) as numerics: (numeric, text, how many of the
+#: error's params to use, whether the first is a room shown as a channel).
+_NUMERICS: Final = {
+    "no_such_user": (irc.ERR_NOSUCHNICK, "No such nick/channel", 1, False),
+    "no_such_room": (irc.ERR_NOSUCHCHANNEL, "No such channel", 1, True),
+    "not_member": (irc.ERR_NOTONCHANNEL, "You're not on that channel", 1, True),
+    "target_not_member": (irc.ERR_USERNOTINCHANNEL, "They aren't on that channel", 2, False),
+    "not_operator": (irc.ERR_CHANOPRIVSNEEDED, "You're not channel operator", 1, True),
+    "admins_only": (irc.ERR_NOPRIVILEGES, "Permission Denied- You're not an IRC operator",
+                    0, False),
+    "too_many_rooms": (irc.ERR_TOOMANYCHANNELS, "You have joined too many channels", 1,
+                       False),
+    "cannot_send": (irc.ERR_CANNOTSENDTOCHAN, "Cannot send to channel", 1, True),
+    "name_taken": (irc.ERR_NICKNAMEINUSE, "Nickname is already in use", 1, False),
+    "reserved_name": (irc.ERR_ERRONEUSNICKNAME, "Reserved for an admin account; use OPER", 1,
+                      False),
+    "invalid_name": (irc.ERR_ERRONEUSNICKNAME, "Erroneous nickname", 1, False),
+}
+
+
+def irc_error(exc: ChatError) -> IrcError | None:
+    """The numeric for an action's refusal; None when only a NOTICE fits."""
+    spec = _NUMERICS.get(exc.code)
+    if spec is None or len(exc.params) < spec[2]:
+        return None
+    code, text, count, is_room = spec
+    params = [word(p) for p in exc.params[:count]]
+    if count == 2:  # (nick, room)
+        params[1] = channel(exc.params[1])
+    elif is_room and params:
+        params[0] = channel(exc.params[0])
+    return IrcError(code, *params, text=text)
 
 
 # --- the connection --------------------------------------------------------------------------
 
 
-class IrcConnection:
+class IrcConnection(ClientConnection):
     """One IRC client: registration (PASS, CAP, NICK, USER), commands, keepalive, close."""
 
-    def __init__(self, server: ChatServer, sock: socket.socket, addr: tuple, out: Output,
-                 decoder: LineDecoder, flood: FloodGate) -> None:
-        self.server = server
-        self.hub = server.hub
-        self.settings = server.settings
-        self.sock = sock
-        self.addr_ip = addr[0]
-        self.addr = f"{addr[0]}:{addr[1]}"
-        self.out = out
-        out.on_dead = self._output_dead  # it was the native connection's until now
-        self.decoder = IrcDecoder(decoder)
-        self.flood = flood
-        self.net = network_for(server)
+    protocol = "irc"
+
+    def __init__(self, ctx: EdgeContext, sock: socket.socket, addr: tuple,
+                 out: Output | None = None) -> None:
+        super().__init__(ctx, sock, addr, IrcDecoder(LineDecoder(ctx.settings.max_line)),
+                         out)
+        self.server = ctx
+        self.net = network_for(ctx)
         self.renderer = self.net.renderer(frozenset())
-        self.session: IrcSession | None = None
         self.nick: str | None = None  # requested before registration
         self.user: str | None = None
         self.realname = ""
         self.caps: set[str] = set()
-        self._negotiating = False  # CAP LS/REQ seen: registration waits for CAP END
-        self._password_ok = server.password_digest is None
-        self._closing: str | None = None
+        self.negotiating = False  # CAP LS/REQ seen: registration waits for CAP END
+        self.password: str | None = None  # PASS, checked (and counted) at registration
         self._error_sent = False
         self._mask: str | None = None
-        self._reader = gevent.getcurrent()
-        self.created = self.last_active = self.last_command = time.monotonic()
+        self.last_command = self.created
         self._ping_sent: float | None = None
 
     # --- life cycle --------------------------------------------------------------------
 
-    def run(self, first_lines: list[str | LineTooLong]) -> None:
-        """Handler body: the lines the native side already read, then the socket, then
-        leave and drain. A bug costs this connection only."""
+    def run_lines(self, first_lines: list[str | LineTooLong]) -> None:
+        """Continue a connection whose first lines the native edge already read."""
         self._reader = gevent.getcurrent()
         try:
-            self._handle(IrcDecoder.accept_all(first_lines))
-            self._read_loop()
+            self.handle(IrcDecoder.accept_all(first_lines))
         except Exception:
             log.exception("IRC connection %s failed", self.addr)
-        finally:
-            self._finish()
+        self.run()
 
-    def _read_loop(self) -> None:
-        read_lines(self.sock, self.decoder, self._handle, self._is_open, self._heard)
-
-    def _is_open(self) -> bool:
-        return self._closing is None
-
-    def _heard(self) -> None:
+    def heard(self) -> None:
         self.last_active = time.monotonic()
         self._ping_sent = None  # anything at all proves the peer alive
 
-    def _handle(self, messages: list[IrcLine | LineTooLong]) -> None:
-        for msg in messages:
-            if self._closing is not None:
-                return
-            if self.flood.enabled and not self._throttle():
-                return
-            if msg is TOO_LONG:
-                self._reply(irc.ERR_INPUTTOOLONG, text="Input line was too long")
-                continue
-            self._dispatch(msg)
-
-    def _throttle(self) -> bool:
-        """The native flood rules, IRC words: slowed, told once, then dropped."""
-        return throttle(self.flood, self._slow_down, self._flooded, self._is_open)
-
-    def _slow_down(self) -> None:
-        self._notice(f"*** Slow down: at most {self.flood.rate:g} lines/s after a burst "
-                     f"of {self.flood.burst}")
-
-    def _flooded(self) -> None:
-        log.warning("%s (%s) disconnected for flooding", self._target(), self.addr)
-        self.close("Excess Flood")
-
-    def close(self, reason: str, error: str | None = None) -> None:
-        """End this connection from any greenlet, after the ``ERROR`` line and whatever
-        was queued before it are written. ``reason`` is also the QUIT others see."""
-        if self._closing is not None:
+    def on_line(self, msg: IrcLine | LineTooLong) -> None:
+        if msg is TOO_LONG:
+            self.reply(irc.ERR_INPUTTOOLONG, text="Input line was too long")
             return
-        self._closing = reason
-        if not self._error_sent:
-            self._error_sent = True
-            self._write_lines([format_line("ERROR",
-                                           trailing=f"Closing link: ({error or reason})")])
-        if gevent.getcurrent() is not self._reader:
-            try:
-                wake_reader(self.sock)
-            except OSError:
-                pass
+        self._dispatch(msg)
 
-    def _finish(self) -> None:
-        session = self.session
-        if session is not None:
-            # QUIT and KILL have already unregistered it with their own event.
-            quit_ = None if self.hub.stopping else ev.Quit(session.name, self._closing or "")
-            self.hub.unregister(session, quit_)
-            if self._mask is not None:
-                # A loop pass later: lines queued before the quit still show the mask.
-                gevent.get_hub().loop.run_callback(self.net.masks.remove, session.name,
-                                                   self._mask)
-        if not self.out.closed:
-            self.out.drain(DRAIN_TIMEOUT)
-        self.out.close()
-        log.debug("IRC connection %s closed (%s)", self.addr, self._closing or "eof")
+    def slow_down(self) -> None:
+        """Silent fakelag: the reader is throttled, the client is not told (IRC clients
+        take unexpected lines for protocol noise); a sustained flood still disconnects."""
 
-    def _output_dead(self, reason: str) -> None:
-        """As natively: a full sendq is our decision and worth a warning; a peer that
-        vanished mid-write is an ordinary disconnect."""
-        if reason.startswith("sendq"):
-            log.warning("%s (%s): %s; disconnecting", self._target(), self.addr, reason)
-            self.close("SendQ exceeded")
+    def sendq_reason(self) -> str:
+        return "SendQ exceeded"
+
+    def goodbye(self, reason: str) -> None:
+        """The ``ERROR`` line, after whatever was queued before it."""
+        if self._error_sent:
+            return
+        self._error_sent = True
+        data = (format_line("ERROR", trailing=f"Closing link: ({reason})") + "\r\n").encode()
+        if self.session is not None and not self.out.closed:
+            self.session.send_raw(data)
         else:
-            log.debug("%s (%s): %s", self._target(), self.addr, reason)
-            self.close("")
+            self.out.write(data)
+
+    def forget(self, session: Session) -> None:
+        if self._mask is not None:
+            # A loop pass later: lines queued before the quit still show the mask.
+            gevent.get_hub().loop.run_callback(self.net.masks.remove, session.name,
+                                               self._mask)
+
+    def timed_out(self, what: str) -> None:
+        self.close("Registration timeout" if what == "registration timeout" else what)
 
     def expire(self, now: float) -> None:
         """Sweeper: registration timeout, idle timeout, and the keepalive PING."""
@@ -301,15 +279,14 @@ class IrcConnection:
             return
         settings = self.settings
         if self.session is None:
-            if now - self.created > settings.register_timeout:
-                self.close("Registration timeout")
+            super().expire(now)
             return
         if settings.idle_timeout and now - self.last_command > settings.idle_timeout:
             self.close("Idle timeout", f"Idle for {settings.idle_timeout:g} s")
         elif self._ping_sent is None:
             if now - self.last_active >= PING_AFTER:
                 self._ping_sent = now
-                self._write_lines([format_line("PING", trailing=self.net.name)])
+                self.write_lines([format_line("PING", trailing=self.net.name)])
         elif now - self._ping_sent >= PING_TIMEOUT:
             self.close("Ping timeout")
 
@@ -318,13 +295,13 @@ class IrcConnection:
     def send(self, event: ev.Event) -> None:
         """One event for this client only (the server's shutdown notice, a private
         message, a kick), after the broadcasts its rooms queued before it."""
-        nick = self._target()
+        nick = self.target()
         if isinstance(event, ev.Shutdown) or (isinstance(event, ev.Killed)
                                               and event.name == nick):
             self._error_sent = True  # the rendering ends with ERROR
-        self._write(self.renderer.render_to(nick, event))
+        self.write(self.renderer.render_to(nick, event))
 
-    def _write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> None:
         if not data:
             return
         if self.session is not None:
@@ -332,25 +309,25 @@ class IrcConnection:
         else:
             self.out.write(data)
 
-    def _write_lines(self, lines: list[str]) -> None:
-        self._write("".join(f"{line}\r\n" for line in lines).encode())
+    def write_lines(self, lines: list[str]) -> None:
+        self.write("".join(f"{line}\r\n" for line in lines).encode())
 
-    def _target(self) -> str:
+    def target(self) -> str:
         """The client's nick in replies: ``*`` until registered."""
         return self.session.name if self.session is not None else "*"
 
     def numeric(self, code: str, *params: str, text: str | None = None) -> str:
-        return self.renderer.numeric(code, self._target(), *params, trailing=text)
+        return self.renderer.numeric(code, self.target(), *params, trailing=text)
 
-    def _reply(self, code: str, *params: str, text: str | None = None) -> None:
-        self._write_lines([self.numeric(code, *params, text=text)])
+    def reply(self, code: str, *params: str, text: str | None = None) -> None:
+        self.write_lines([self.numeric(code, *params, text=text)])
 
-    def _notice(self, text: str) -> None:
-        self._write_lines([format_line("NOTICE", self._target(), trailing=text,
+    def notice(self, text: str) -> None:
+        self.write_lines([format_line("NOTICE", self.target(), trailing=text,
                                        source=self.net.name)])
 
     def prefix(self) -> str:
-        return self.net.masks.prefix(self._target())
+        return self.net.masks.prefix(self.target())
 
     # --- dispatch ----------------------------------------------------------------------
 
@@ -373,23 +350,38 @@ class IrcConnection:
             spec.handler(self, msg)
         except IrcError as exc:
             if msg.command != "NOTICE":
-                self._reply(exc.code, *exc.params, text=exc.text)
-        except ChatError as exc:  # from the hub: the name went meanwhile, and the like
+                self.reply(exc.code, *exc.params, text=exc.text)
+        except ChatError as exc:  # from the actions layer: its code picks the numeric
             if msg.command != "NOTICE":
-                self._notice(exc.text)
+                self.chat_error(exc)
+
+    def chat_error(self, exc: ChatError) -> None:
+        """An action's refusal as the numeric IRC clients expect (a NOTICE if none fits)."""
+        err = irc_error(exc)
+        if err is None:
+            self.notice(exc.text)
+        else:
+            self.reply(err.code, *err.params, text=err.text)
 
     # --- registration ------------------------------------------------------------------
 
     def try_register(self) -> None:
         """Complete registration once NICK, USER and (if begun) CAP negotiation are done."""
-        if (self.session is not None or self._negotiating or self.nick is None
+        if (self.session is not None or self.negotiating or self.nick is None
                 or self.user is None or self._closing is not None):
             return
-        if not self._password_ok:
-            self._reply(irc.ERR_PASSWDMISMATCH, text="Password incorrect")
-            log.warning("wrong server password from %s (IRC)", self.addr)
-            self.close("Bad password")
-            return
+        if self.ctx.admission.password_required:
+            try:
+                ok = self.ctx.admission.server_password(self.addr_ip, self.password or "")
+            except ChatError:
+                self.reply(irc.ERR_PASSWDMISMATCH,
+                           text="Too many failed attempts; try again later")
+                self.close("Bad password", "Too many failed logins")
+                return
+            if not ok:
+                self.reply(irc.ERR_PASSWDMISMATCH, text="Password incorrect")
+                self.close("Bad password")
+                return
         if self.hub.stopping:
             self.close("server shutting down")
             return
@@ -401,7 +393,7 @@ class IrcConnection:
         try:
             self.hub.register(session, join_lobby=False)  # re-checks the name
         except ChatError:
-            self._reply(irc.ERR_NICKNAMEINUSE, self.nick, text="Nickname is already in use")
+            self.reply(irc.ERR_NICKNAMEINUSE, self.nick, text="Nickname is already in use")
             self.nick = None
             return
         self.session, self.renderer = session, renderer
@@ -409,7 +401,7 @@ class IrcConnection:
         self._welcome()
 
     def _welcome(self) -> None:
-        me = self._target()
+        me = self.target()
         started = self.net.started.strftime("%a %b %d %Y at %H:%M:%S UTC")
         net = self.net.name
         lines = [
@@ -421,7 +413,7 @@ class IrcConnection:
             self.numeric(irc.RPL_MYINFO, net, VERSION, USER_MODES, CHANNEL_MODES, "o"),
             *self.isupport_lines(),
         ]
-        self._write_lines(lines)
+        self.write_lines(lines)
         log.info("%s registered over IRC from %s", me, self.addr)
         _lusers(self, IrcLine("LUSERS"))
         _motd(self, IrcLine("MOTD"))
@@ -460,16 +452,6 @@ class IrcConnection:
             raise IrcError(irc.ERR_NOSUCHNICK, word(nick), text="No such nick/channel")
         return target
 
-    def announce_mode(self, room: Room, change: str, text: str) -> None:
-        """A mode change is no hub event: IRC members get the MODE line, native members a
-        notice saying the same, each after what the room already queued."""
-        data = (change + "\r\n").encode()
-        for member in list(room.members.values()):
-            if _is_irc(member):
-                member.send_raw(data)
-            else:
-                member.send(ev.Notice(text))
-
 
 # --- command handlers ------------------------------------------------------------------------
 
@@ -494,24 +476,23 @@ class Cmd:
 def _pass(c: IrcConnection, m: IrcLine) -> None:
     if c.session is not None:
         raise IrcError(irc.ERR_ALREADYREGISTERED, text="You may not reregister")
-    if c.server.password_digest is not None:
-        c._password_ok = c.server.check_server_password(m.params[0])
+    c.password = m.params[0]  # checked, and counted, when registration completes
 
 
 def _cap(c: IrcConnection, m: IrcLine) -> None:
     sub = m.params[0].upper()
     if sub == "LS":
-        c._negotiating = c.session is None
-        c._write_lines([format_line("CAP", c._target(), "LS", trailing=" ".join(CAPS),
+        c.negotiating = c.session is None
+        c.write_lines([format_line("CAP", c.target(), "LS", trailing=" ".join(CAPS),
                                     source=c.net.name)])
     elif sub == "LIST":
-        c._write_lines([format_line("CAP", c._target(), "LIST",
+        c.write_lines([format_line("CAP", c.target(), "LIST",
                                     trailing=" ".join(sorted(c.caps)), source=c.net.name)])
     elif sub == "REQ":
-        c._negotiating = c.session is None
+        c.negotiating = c.session is None
         _cap_req(c, m.param(1))
     elif sub == "END":
-        c._negotiating = False
+        c.negotiating = False
         c.try_register()
     else:
         raise IrcError(irc.ERR_INVALIDCAPCMD, word(sub), text="Invalid CAP command")
@@ -535,7 +516,7 @@ def _cap_req(c: IrcConnection, requested: str) -> None:
         ok = False
     if ok:
         c.caps = wanted
-    c._write_lines([format_line("CAP", c._target(), "ACK" if ok else "NAK",
+    c.write_lines([format_line("CAP", c.target(), "ACK" if ok else "NAK",
                                 trailing=requested, source=c.net.name)])
 
 
@@ -548,20 +529,13 @@ def _nick(c: IrcConnection, m: IrcLine) -> None:
         raise IrcError(irc.ERR_ERRONEUSNICKNAME, word(m.params[0]),
                        text="Erroneous nickname") from None
     me = c.session
-    account = me.account if me is not None else None
-    if c.hub.admins.is_admin(new) and name_key(new) != account:
-        raise IrcError(irc.ERR_ERRONEUSNICKNAME, new,
-                       text="Reserved for an admin account; use OPER")
-    try:
-        c.hub.check_free(new, me=me)
-    except ChatError:
-        raise IrcError(irc.ERR_NICKNAMEINUSE, new, text="Nickname is already in use") from None
+    new = actions.check_new_name(c.hub, new, me)
     if me is None:
         c.nick = new
         c.try_register()
     elif new != me.name:
         old = me.name
-        c.hub.rename(me, new)  # renders NICK for everyone, self included, with the old mask
+        actions.rename(c.hub, me, new)  # NICK for everyone, self included, with the old mask
         c.net.masks.rename(old, new)
 
 
@@ -577,7 +551,7 @@ def _user(c: IrcConnection, m: IrcLine) -> None:
 def _ping(c: IrcConnection, m: IrcLine) -> None:
     if not m.param(0):
         raise IrcError(irc.ERR_NOORIGIN, text="No origin specified")
-    c._write_lines([format_line("PONG", c.net.name, trailing=m.params[0], source=c.net.name)])
+    c.write_lines([format_line("PONG", c.net.name, trailing=m.params[0], source=c.net.name)])
 
 
 def _pong(c: IrcConnection, m: IrcLine) -> None:
@@ -615,7 +589,7 @@ def _message(c: IrcConnection, m: IrcLine, notice: bool) -> None:
             _deliver(c, target, m.params[1], notice)
         except IrcError as exc:
             if not notice:
-                c._reply(exc.code, *exc.params, text=exc.text)
+                c.reply(exc.code, *exc.params, text=exc.text)
 
 
 def _deliver(c: IrcConnection, target: str, text: str, notice: bool) -> None:
@@ -630,23 +604,18 @@ def _deliver(c: IrcConnection, target: str, text: str, notice: bool) -> None:
         return  # empty after hygiene: ignored, as natively
     me = c.me
     if target.startswith("#"):
-        room = c.room(target)
-        if room.key not in me.rooms:
-            raise IrcError(irc.ERR_CANNOTSENDTOCHAN, channel(room.name),
-                           text="Cannot send to channel")
-        room.say(ev.Action(me.name, text, room.name) if action
-                 else ev.Message(me.name, text, room.name))
+        actions.say(c.hub, me, c.room(target), text, action=action)
         return
-    peer = c.find_user(target)
     if action:
         text = f"* {me.name} {text}"  # private messages have no /me: keep it readable
-    event = ev.PrivateMessage(me.name, peer.name, text)
-    peer.send(event)
-    if peer is not me:
-        me.send(event)  # an echo only with echo-message (render_to drops it otherwise)
+    try:
+        peer = actions.private_message(c.hub, me, target, text)
+    except ChatError as exc:
+        raise irc_error(exc) or IrcError(irc.ERR_NOSUCHNICK, word(target),
+                                         text="No such nick/channel") from None
     away = peer.extra.get("away")
     if away and not notice:
-        c._reply(irc.RPL_AWAY, peer.name, text=str(away))
+        c.reply(irc.RPL_AWAY, peer.name, text=str(away))
 
 
 def _join(c: IrcConnection, m: IrcLine) -> None:
@@ -658,7 +627,7 @@ def _join(c: IrcConnection, m: IrcLine) -> None:
         try:
             _join_one(c, name)
         except IrcError as exc:
-            c._reply(exc.code, *exc.params, text=exc.text)
+            c.reply(exc.code, *exc.params, text=exc.text)
 
 
 def _join_one(c: IrcConnection, name: str) -> None:
@@ -668,16 +637,9 @@ def _join_one(c: IrcConnection, name: str) -> None:
         room_name = check_name(name[1:])
     except ChatError:
         raise IrcError(irc.ERR_NOSUCHCHANNEL, word(name), text="No such channel") from None
-    me = c.me
-    room = c.hub.find_room(room_name)
-    if room is not None and room.key in me.rooms:
-        return
-    if len(me.rooms) >= MAX_CHANNELS:
-        raise IrcError(irc.ERR_TOOMANYCHANNELS, word(name),
-                       text="You have joined too many channels")
-    room = room or c.hub.room(room_name)
-    c.net.room_created(room)
-    c.hub.join(me, room)
+    room = actions.join(c.hub, c.me, room_name, max_rooms=MAX_CHANNELS)
+    if room is not None:
+        c.net.room_created(room)
 
 
 def _part(c: IrcConnection, m: IrcLine) -> None:
@@ -686,28 +648,25 @@ def _part(c: IrcConnection, m: IrcLine) -> None:
         try:
             _leave(c, c.member_room(name), reason)
         except IrcError as exc:
-            c._reply(exc.code, *exc.params, text=exc.text)
+            c.reply(exc.code, *exc.params, text=exc.text)
 
 
 def _leave(c: IrcConnection, room: Room, reason: str) -> None:
     """Leave ``room``: the others get the PART when the room flushes, the leaver at once
     after everything said before it left."""
-    me = c.me
-    event = ev.Left(me.name, reason, room.name)
-    c.hub.part(me, room, event)
-    me.send(event)
+    actions.part(c.hub, c.me, room, reason)
 
 
 def _names(c: IrcConnection, m: IrcLine) -> None:
     if not m.param(0):
-        c._reply(irc.RPL_ENDOFNAMES, "*", text="End of /NAMES list")
+        c.reply(irc.RPL_ENDOFNAMES, "*", text="End of /NAMES list")
         return
     for name in m.params[0].split(","):
         room = c.hub.find_room(name[1:]) if name.startswith("#") else None
         if room is None:
-            c._reply(irc.RPL_ENDOFNAMES, word(name), text="End of /NAMES list")
+            c.reply(irc.RPL_ENDOFNAMES, word(name), text="End of /NAMES list")
         else:
-            c._write_lines(c.renderer.names(c._target(), room))
+            c.write_lines(c.renderer.names(c.target(), room))
 
 
 def _topic(c: IrcConnection, m: IrcLine) -> None:
@@ -715,48 +674,22 @@ def _topic(c: IrcConnection, m: IrcLine) -> None:
     chan = channel(room.name)
     if len(m.params) < 2:
         if room.topic:
-            c._reply(irc.RPL_TOPIC, chan, text=room.topic)
+            c.reply(irc.RPL_TOPIC, chan, text=room.topic)
         else:
-            c._reply(irc.RPL_NOTOPIC, chan, text="No topic is set")
+            c.reply(irc.RPL_NOTOPIC, chan, text="No topic is set")
         return
-    me = c.me
-    if room.key not in me.rooms and not me.is_admin:
-        raise IrcError(irc.ERR_NOTONCHANNEL, chan, text="You're not on that channel")
-    if room.topic_locked and not room.is_op(me):
-        raise IrcError(irc.ERR_CHANOPRIVSNEEDED, chan, text="You're not channel operator")
-    room.set_topic(me.name, fit_bytes(clean(m.params[1]).strip(), TOPICLEN))
-
-
-def _require_op(c: IrcConnection, room: Room) -> None:
-    me = c.me
-    chan = channel(room.name)
-    if room.key not in me.rooms and not me.is_admin:
-        raise IrcError(irc.ERR_NOTONCHANNEL, chan, text="You're not on that channel")
-    if not room.is_op(me):
-        raise IrcError(irc.ERR_CHANOPRIVSNEEDED, chan, text="You're not channel operator")
+    actions.set_topic(c.hub, c.me, room, fit_bytes(clean(m.params[1]).strip(), TOPICLEN))
 
 
 def _kick(c: IrcConnection, m: IrcLine) -> None:
     room = c.room(m.params[0])
-    _require_op(c, room)
+    actions.require_operator(c.me, room)
     reason = fit_bytes(clean(m.param(2)).strip(), KICKLEN)
     for nick in m.params[1].split(",")[:MAX_TARGETS]:
         try:
-            _kick_one(c, room, nick, reason)
-        except IrcError as exc:
-            c._reply(exc.code, *exc.params, text=exc.text)
-
-
-def _kick_one(c: IrcConnection, room: Room, nick: str, reason: str) -> None:
-    target = c.find_user(nick)
-    if room.key not in target.rooms:
-        raise IrcError(irc.ERR_USERNOTINCHANNEL, target.name, channel(room.name),
-                       text="They aren't on that channel")
-    event = ev.Kicked(target.name, c.me.name, reason, room.name)
-    target.send(event)
-    c.hub.part(target, room, event)
-    if not _is_irc(target) and not target.rooms:
-        c.hub.join(target, c.hub.lobby)  # a native user is always in some room
+            actions.kick(c.hub, c.me, room, nick, reason)
+        except ChatError as exc:
+            c.chat_error(exc)
 
 
 def _mode(c: IrcConnection, m: IrcLine) -> None:
@@ -774,11 +707,11 @@ def _user_mode(c: IrcConnection, m: IrcLine) -> None:
     modes: set[str] = me.extra["modes"]  # type: ignore[assignment]
     if len(m.params) < 2:
         current = "".join(sorted(modes | ({"o"} if me.is_admin else set())))
-        c._reply(irc.RPL_UMODEIS, f"+{current}")
+        c.reply(irc.RPL_UMODEIS, f"+{current}")
         return
     changes = _apply_user_modes(c, me, modes, m.params[1])
     if changes:
-        c._write_lines([format_line("MODE", me.name, trailing=changes, source=c.prefix())])
+        c.write_lines([format_line("MODE", me.name, trailing=changes, source=c.prefix())])
 
 
 def _apply_user_modes(c: IrcConnection, me: IrcSession, modes: set[str], spec: str) -> str:
@@ -788,19 +721,19 @@ def _apply_user_modes(c: IrcConnection, me: IrcSession, modes: set[str], spec: s
     for ch in spec:
         if ch in "+-":
             sign = ch
-        elif ch == "i" and (ch in modes) != (sign == "+"):
-            modes.symmetric_difference_update("i")
-            done.append(sign + ch)
+        elif ch == "i":
+            if c.hub.set_invisible(me, modes, sign == "+"):
+                done.append(sign + ch)
         elif ch == "o" and sign == "-" and me.is_admin:
             if c.hub.admins.is_admin(me.name):
-                c._notice("*** You keep +o while your nick is an admin account's name")
+                c.notice("*** You keep +o while your nick is an admin account's name")
                 continue
-            me.account = None
+            c.hub.set_account(me, None)
             done.append("-o")
         elif ch not in "io":
             unknown = True
     if unknown:
-        c._reply(irc.ERR_UMODEUNKNOWNFLAG, text="Unknown MODE flag")
+        c.reply(irc.ERR_UMODEUNKNOWNFLAG, text="Unknown MODE flag")
     return "".join(done)
 
 
@@ -808,18 +741,16 @@ def _channel_mode(c: IrcConnection, m: IrcLine) -> None:
     room = c.room(m.params[0])
     chan = channel(room.name)
     if len(m.params) < 2:
-        c._reply(irc.RPL_CHANNELMODEIS, chan, "+t" if room.topic_locked else "+")
-        c._reply(irc.RPL_CREATIONTIME, chan, str(c.net.room_created(room)))
+        c.reply(irc.RPL_CHANNELMODEIS, chan, "+t" if room.topic_locked else "+")
+        c.reply(irc.RPL_CREATIONTIME, chan, str(c.net.room_created(room)))
         return
     if m.params[1].lstrip("+") == "b" and len(m.params) == 2:
-        c._reply(irc.RPL_ENDOFBANLIST, chan, text="End of channel ban list")  # we have no bans
+        c.reply(irc.RPL_ENDOFBANLIST, chan, text="End of channel ban list")  # we have no bans
         return
-    _require_op(c, room)
+    actions.require_operator(c.me, room)
     changes, args = _apply_channel_modes(c, room, m.params[1], list(m.params[2:]))
     if changes:
-        line = format_line("MODE", chan, changes, *args, source=c.prefix())
-        what = " ".join([changes, *args])
-        c.announce_mode(room, line, f"{c.me.name} set mode {what} on {room.name}")
+        actions.announce_modes(room, c.me.name, changes, tuple(args))
 
 
 def _apply_channel_modes(c: IrcConnection, room: Room, spec: str,
@@ -833,39 +764,25 @@ def _apply_channel_modes(c: IrcConnection, room: Room, spec: str,
             sign = ch
             continue
         if ch == "t":
-            if room.topic_locked != (sign == "+"):
-                room.topic_locked = sign == "+"
+            if actions.set_topic_lock(c.hub, c.me, room, sign == "+", announce=False):
                 done += (sign if last != sign else "") + "t"
                 last = sign
         elif ch == "o":
             if not params or used >= MAX_MODES:
                 continue
             used += 1
-            nick = _set_op(c, room, params.pop(0), sign == "+")
-            if nick:
-                done += (sign if last != sign else "") + "o"
-                last = sign
-                args.append(nick)
+            try:
+                target = actions.set_op(c.hub, c.me, room, params.pop(0), sign == "+",
+                                        announce=False)
+            except ChatError as exc:
+                c.chat_error(exc)
+                continue
+            done += (sign if last != sign else "") + "o"
+            last = sign
+            args.append(target.name)
         else:
-            c._reply(irc.ERR_UNKNOWNMODE, word(ch), text="is unknown mode char to me")
+            c.reply(irc.ERR_UNKNOWNMODE, word(ch), text="is unknown mode char to me")
     return done, args
-
-
-def _set_op(c: IrcConnection, room: Room, nick: str, give: bool) -> str | None:
-    """Give or take operator status; the target's name, or None (reported) if impossible."""
-    try:
-        target = c.find_user(nick)
-        if room.key not in target.rooms:
-            raise IrcError(irc.ERR_USERNOTINCHANNEL, target.name, channel(room.name),
-                           text="They aren't on that channel")
-    except IrcError as exc:
-        c._reply(exc.code, *exc.params, text=exc.text)
-        return None
-    if give:
-        room.ops.add(target.key)
-    else:
-        room.ops.discard(target.key)
-    return target.name
 
 
 def _who_line(c: IrcConnection, s: Session, chan: str, room: Room | None) -> str:
@@ -898,7 +815,7 @@ def _who(c: IrcConnection, m: IrcLine) -> None:
             if fnmatch.fnmatchcase(s.key, pattern):
                 lines.append(_who_line(c, s, "*", None))
     lines.append(c.numeric(irc.RPL_ENDOFWHO, word(mask), text="End of /WHO list"))
-    c._write_lines(lines)
+    c.write_lines(lines)
 
 
 def _whois(c: IrcConnection, m: IrcLine) -> None:
@@ -906,8 +823,8 @@ def _whois(c: IrcConnection, m: IrcLine) -> None:
     try:
         s = c.find_user(nick)
     except IrcError as exc:
-        c._reply(exc.code, *exc.params, text=exc.text)
-        c._reply(irc.RPL_ENDOFWHOIS, word(nick), text="End of /WHOIS list")
+        c.reply(exc.code, *exc.params, text=exc.text)
+        c.reply(irc.RPL_ENDOFWHOIS, word(nick), text="End of /WHOIS list")
         return
     user = str(s.extra.get("user") or s.name)
     realname = str(s.extra.get("realname") or f"{s.name} (native client)")
@@ -921,16 +838,16 @@ def _whois(c: IrcConnection, m: IrcLine) -> None:
     if s.is_admin:
         lines.append(c.numeric(irc.RPL_WHOISOPERATOR, s.name, text="is an IRC operator"))
     lines.append(c.numeric(irc.RPL_ENDOFWHOIS, s.name, text="End of /WHOIS list"))
-    c._write_lines(lines)
+    c.write_lines(lines)
 
 
 def _away(c: IrcConnection, m: IrcLine) -> None:
     text = fit_bytes(clean(m.param(0)).strip(), AWAYLEN)
     c.me.extra["away"] = text
     if text:
-        c._reply(irc.RPL_NOWAWAY, text="You have been marked as being away")
+        c.reply(irc.RPL_NOWAWAY, text="You have been marked as being away")
     else:
-        c._reply(irc.RPL_UNAWAY, text="You are no longer marked as being away")
+        c.reply(irc.RPL_UNAWAY, text="You are no longer marked as being away")
 
 
 def _list(c: IrcConnection, m: IrcLine) -> None:
@@ -943,7 +860,7 @@ def _list(c: IrcConnection, m: IrcLine) -> None:
     lines += [c.numeric(irc.RPL_LIST, channel(r.name), str(len(r.members)), text=r.topic)
               for r in rooms]
     lines.append(c.numeric(irc.RPL_LISTEND, text="End of /LIST"))
-    c._write_lines(lines)
+    c.write_lines(lines)
 
 
 def _motd(c: IrcConnection, m: IrcLine) -> None:
@@ -954,32 +871,33 @@ def _motd(c: IrcConnection, m: IrcLine) -> None:
         log.warning("MOTD file %s unreadable: %s", path, exc)
         text = None
     if text is None:
-        c._reply(irc.ERR_NOMOTD, text="MOTD File is missing")
+        c.reply(irc.ERR_NOMOTD, text="MOTD File is missing")
         return
     lines = [c.numeric(irc.RPL_MOTDSTART, text=f"- {c.net.name} Message of the day - ")]
     lines += [c.numeric(irc.RPL_MOTD, text=f"- {clean(line)}") for line in text.splitlines()]
     lines.append(c.numeric(irc.RPL_ENDOFMOTD, text="End of /MOTD command."))
-    c._write_lines(lines)
+    c.write_lines(lines)
 
 
 def _lusers(c: IrcConnection, m: IrcLine) -> None:
-    users = c.hub.sessions()
-    invisible = sum(1 for s in users if "i" in s.extra.get("modes", ()))
-    opers = sum(1 for s in users if s.is_admin)
-    channels = sum(1 for r in c.hub.rooms.values() if r.members)
-    c._write_lines([
-        c.numeric(irc.RPL_LUSERCLIENT, text=f"There are {len(users) - invisible} users and "
+    """From counters the hub keeps as users come and go: O(1), so a reconnect storm of
+    IRC clients (each gets LUSERS at registration) stays linear."""
+    hub = c.hub
+    users = len(hub.users)
+    invisible = hub.invisible
+    c.write_lines([
+        c.numeric(irc.RPL_LUSERCLIENT, text=f"There are {users - invisible} users and "
                                         f"{invisible} invisible on 1 servers"),
-        c.numeric(irc.RPL_LUSEROP, str(opers), text="operator(s) online"),
-        c.numeric(irc.RPL_LUSERCHANNELS, str(channels), text="channels formed"),
-        c.numeric(irc.RPL_LUSERME, text=f"I have {len(users)} clients and 0 servers"),
+        c.numeric(irc.RPL_LUSEROP, str(hub.opers), text="operator(s) online"),
+        c.numeric(irc.RPL_LUSERCHANNELS, str(hub.channels), text="channels formed"),
+        c.numeric(irc.RPL_LUSERME, text=f"I have {users} clients and 0 servers"),
     ])
 
 
 def _ison(c: IrcConnection, m: IrcLine) -> None:
     nicks = " ".join(m.params).split()
     found = [s.name for s in map(c.hub.find, nicks) if s is not None]
-    c._reply(irc.RPL_ISON, text=" ".join(found))
+    c.reply(irc.RPL_ISON, text=" ".join(found))
 
 
 def _userhost(c: IrcConnection, m: IrcLine) -> None:
@@ -991,19 +909,19 @@ def _userhost(c: IrcConnection, m: IrcLine) -> None:
             away = "-" if s.extra.get("away") else "+"
             user = s.extra.get("user") or s.name
             replies.append(f"{s.name}{oper}={away}{user}@{c.net.name}")
-    c._reply(irc.RPL_USERHOST, text=" ".join(replies))
+    c.reply(irc.RPL_USERHOST, text=" ".join(replies))
 
 
 def _time(c: IrcConnection, m: IrcLine) -> None:
     now = datetime.now(UTC).strftime("%A %B %d %Y -- %H:%M:%S +00:00")
-    c._reply(irc.RPL_TIME, c.net.name, text=now)
+    c.reply(irc.RPL_TIME, c.net.name, text=now)
 
 
 def _info(c: IrcConnection, m: IrcLine) -> None:
     text = [f"{VERSION}: a gevent chat server that speaks its own line protocol and IRC.",
             "IRC and native users share the same rooms, history and admin accounts.",
             "See docs/IRC.md for what is supported."]
-    c._write_lines([c.numeric(irc.RPL_INFO, text=t) for t in text]
+    c.write_lines([c.numeric(irc.RPL_INFO, text=t) for t in text]
                    + [c.numeric(irc.RPL_ENDOFINFO, text="End of /INFO list")])
 
 
@@ -1020,66 +938,60 @@ def _help(c: IrcConnection, m: IrcLine) -> None:
                            text="No help available on this topic")
         oper = " (IRC operators only)" if spec.oper else ""
         head, body = f"{subject} {spec.usage}".strip(), [spec.help + oper]
-    c._write_lines([c.numeric(irc.RPL_HELPSTART, subject, text=head),
+    c.write_lines([c.numeric(irc.RPL_HELPSTART, subject, text=head),
                     *(c.numeric(irc.RPL_HELPTXT, subject, text=t) for t in body),
                     c.numeric(irc.RPL_ENDOFHELP, subject, text="End of /HELP")])
 
 
 def _version(c: IrcConnection, m: IrcLine) -> None:
-    c._reply(irc.RPL_VERSION, VERSION + ".", c.net.name, text="geventchat IRC")
-    c._write_lines(c.isupport_lines())
+    c.reply(irc.RPL_VERSION, VERSION + ".", c.net.name, text="geventchat IRC")
+    c.write_lines(c.isupport_lines())
 
 
 def _oper(c: IrcConnection, m: IrcLine) -> None:
     """Admin login against the admin accounts. Failures are rate-limited per IP across
     connections, like native admin logins; the password is never logged."""
-    if not c.server.login_allowed(c.addr_ip):
-        raise IrcError(irc.ERR_PASSWDMISMATCH, text="Too many failed attempts; try again later")
     try:
         name = check_name(m.params[0])
     except ChatError:
-        name = None
-    # Counted before the slow check so concurrent attempts can't slip under the limit.
-    c.server.login_failed(c.addr_ip)
-    ok = name is not None and c.hub.admins.verify(name, m.params[1])  # blocks this greenlet
-    if ok:
-        c.server.login_succeeded(c.addr_ip)
+        name = m.params[0][:64]  # still counted as a failure: verify knows no such admin
+    try:
+        ok = c.ctx.admission.admin_login(c.addr_ip, name, m.params[1])  # blocks this greenlet
+    except ChatError:
+        raise IrcError(irc.ERR_PASSWDMISMATCH,
+                       text="Too many failed attempts; try again later") from None
     me = c.session
-    if me is None or c._closing is not None or c.hub.users.get(me.key) is not me:
+    if me is None or c.closing is not None or c.hub.users.get(me.key) is not me:
         return  # went away while the hash was computed
     if not ok:
         log.warning("failed OPER for %s from %s", word(m.params[0]), c.addr)
         raise IrcError(irc.ERR_PASSWDMISMATCH, text="Password incorrect")
-    me.account = name_key(name)
-    log.info("%s is an operator (admin %s) from %s", me.name, name, c.addr)
-    c._reply(irc.RPL_YOUREOPER, text="You are now an IRC operator")
-    c._write_lines([format_line("MODE", me.name, trailing="+o", source=c.net.name)])
-    for room in list(me.rooms.values()):  # admins are operators everywhere: show the @
-        line = format_line("MODE", channel(room.name), "+o", me.name, source=c.net.name)
-        c.announce_mode(room, line, f"{me.name} is now an admin")
+    c.reply(irc.RPL_YOUREOPER, text="You are now an IRC operator")
+    c.write_lines([format_line("MODE", me.name, trailing="+o", source=c.net.name)])
+    actions.become_admin(c.hub, me, name)  # admins are operators everywhere: shows the @
 
 
 def _kill(c: IrcConnection, m: IrcLine) -> None:
     target = c.find_user(m.params[0])
     me = c.me
-    reason = fit_bytes(clean(m.param(1)).strip(), KICKLEN)
+    reason = fit_bytes(clean(" ".join(m.params[1:])).strip(), KICKLEN)
     shared = bool(target.rooms.keys() & me.rooms.keys()) and target is not me
-    kill(c.hub, target, me.name, reason)
+    actions.kill(c.hub, me, target.name, reason)
     if not shared and target is not me:
-        c._notice(f"*** Killed {target.name}" + (f": {reason}" if reason else ""))
+        c.notice(f"*** Killed {target.name}" + (f": {reason}" if reason else ""))
 
 
 def _die(c: IrcConnection, m: IrcLine) -> None:
-    reason = clean(m.param(0)).strip()
-    log.info("DIE from %s", c.me.name)
-    c.hub.request_shutdown(reason or f"by {c.me.name}")
+    # irssi sends "/die irc maintenance" as DIE irc maintenance, without a colon.
+    reason = clean(" ".join(m.params)).strip()
+    actions.shutdown(c.hub, c.me, reason)
 
 
 def _clear(c: IrcConnection, m: IrcLine) -> None:
     room = c.room(m.params[0])
-    room.clear(c.me.name)
+    actions.clear(c.hub, c.me, room)
     if room.key not in c.me.rooms:
-        c._notice(f"*** History of {channel(room.name)} cleared")
+        c.notice(f"*** History of {channel(room.name)} cleared")
 
 
 def _tagmsg(c: IrcConnection, m: IrcLine) -> None:

@@ -23,6 +23,7 @@ Limits: the part after the tags is at most 512 bytes *including* CRLF; tags add 
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,6 +32,8 @@ from typing import TYPE_CHECKING, ClassVar, Final
 from geventchat.core import events as ev
 from geventchat.core.text import clean
 from geventchat.wire.native import TOO_LONG, LineDecoder, LineTooLong
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from geventchat.core.hub import Room, Session
@@ -509,7 +512,12 @@ class IrcRenderer:
                 tags["time"] = irc_time(when)
         if batch is not None:
             tags["batch"] = batch
-        return _LINES[type(event)](self, event, to, tags)
+        try:
+            return _LINES[type(event)](self, event, to, tags)
+        except Exception:  # total: a bad event (a damaged record) is a notice, never a crash
+            log.exception("cannot render %s for IRC", type(event).__name__)
+            return [format_line("NOTICE", word(to) or "*",
+                                trailing="(an event could not be shown)", source=self.server)]
 
     def _src(self, name: str) -> str:
         return self.masks.prefix(name)
@@ -596,6 +604,9 @@ _LINES: Final = {
     ev.Renamed: lambda r, e, to, t: [format_line("NICK", e.new, source=r._src(e.old),
                                                  tags=t)],
     ev.Cleared: lambda r, e, to, t: r._notice(channel(e.room), f"history cleared by {e.by}", t),
+    ev.ModeChanged: lambda r, e, to, t: [format_line(
+        "MODE", channel(e.room), e.modes, *e.args,
+        source=r._src(e.by) if e.by else r.server, tags=t)],
     ev.Shutdown: _shutdown,
     ev.Notice: lambda r, e, to, t: r._notice(to, e.text, t),
     ev.Error: lambda r, e, to, t: r._notice(to, e.text, {}),

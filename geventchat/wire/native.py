@@ -11,12 +11,15 @@ The connection layer (``server.py``) only moves bytes between a socket and these
 
 from __future__ import annotations
 
+import logging
 import weakref
 from dataclasses import dataclass
 from typing import Final
 
 from geventchat.core import events as ev
 from geventchat.core.text import clean
+
+log = logging.getLogger(__name__)
 
 #: Longest accepted line in bytes, newline excluded. 4096 holds any sane chat line with room
 #: to spare and bounds what one peer can make us buffer.
@@ -161,11 +164,21 @@ _RENDERERS: Final = {
     ev.Topic: _render_topic,
     ev.Renamed: lambda e: f"* {e.old} is now known as {e.new}",
     ev.Cleared: lambda e: f"* history cleared by {e.by}",
+    ev.ModeChanged: lambda e: f"* {e.by or 'server'} set mode {' '.join((e.modes, *e.args))} "
+                              f"on {e.room}",
     ev.Shutdown: lambda e: f"* server shutting down: {e.reason}",
     ev.Notice: lambda e: f"* {e.text}",
     ev.Prompt: lambda e: f"? {e.what}:",
     ev.Error: lambda e: f"! {e.text}",
 }
+
+
+def _total(event: object) -> str:
+    try:
+        return _RENDERERS[type(event)](event)
+    except Exception:
+        log.exception("cannot render %s", type(event).__name__)
+        return "* (an event could not be shown)"
 
 
 class NativeRenderer:
@@ -181,20 +194,21 @@ class NativeRenderer:
         self._replays: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     @staticmethod
-    def line(event: ev.Event) -> str:
-        """The event as one line of text, without newline."""
-        return _RENDERERS[type(event)](event)
-
-    @staticmethod
     def render(event: ev.Event) -> bytes:
         """The event as wire bytes."""
-        return (_RENDERERS[type(event)](event) + "\n").encode()
+        return NativeRenderer.render_many([event])
 
     @staticmethod
     def render_many(events: list[ev.Event]) -> bytes:
-        """A batch of events as one buffer: what one fan-out ``send`` carries."""
+        """A batch of events as one buffer: what one fan-out ``send`` carries.
+
+        Total: an event that can't be rendered (a bug, or a record from a damaged file)
+        becomes a notice and never an exception in the middle of a fan-out."""
         r = _RENDERERS
-        return ("\n".join([r[type(e)](e) for e in events]) + "\n").encode()
+        try:
+            return ("\n".join([r[type(e)](e) for e in events]) + "\n").encode()
+        except Exception:
+            return ("\n".join([_total(e) for e in events]) + "\n").encode()
 
     def render_for(self, session: object, events: list[ev.Event]) -> bytes:
         return self.render_many(events)

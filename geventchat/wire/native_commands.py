@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from geventchat.core import actions
 from geventchat.core import events as ev
 from geventchat.core.errors import ChatError
 from geventchat.core.hub import Hub, Session
@@ -35,24 +36,16 @@ class Spec:
 
 
 def _say(hub: Hub, me: Session, arg: str) -> None:
-    room = me.room
-    room.say(ev.Message(me.name, arg, room.name))
+    actions.say(hub, me, me.room, arg)
 
 
 def _me(hub: Hub, me: Session, arg: str) -> None:
-    room = me.room
-    room.say(ev.Action(me.name, arg, room.name))
+    actions.say(hub, me, me.room, arg, action=True)
 
 
 def _msg(hub: Hub, me: Session, arg: str) -> None:
     name, text = split_arg(arg)
-    target = hub.find(name)
-    if target is None:
-        raise ChatError("no_such_user", f"no such user: {name}")
-    event = ev.PrivateMessage(me.name, target.name, text)
-    me.send(event)
-    if target is not me:
-        target.send(event)
+    actions.private_message(hub, me, name, text)
 
 
 def _who(hub: Hub, me: Session, arg: str) -> None:
@@ -61,71 +54,44 @@ def _who(hub: Hub, me: Session, arg: str) -> None:
 
 
 def _nick(hub: Hub, me: Session, arg: str) -> None:
-    new = check_name(arg)
-    if new == me.name:
-        return
-    if hub.admins.is_admin(new) and name_key(new) != me.account:
-        raise ChatError("reserved_name", f"that name belongs to an admin account: {new}")
-    hub.rename(me, new)
+    actions.rename(hub, me, arg)
 
 
 def _help(hub: Hub, me: Session, arg: str) -> None:
     lines = [ev.Notice("commands:")]
     for spec in COMMANDS.values():
         if spec.help and (me.is_admin or not spec.admin):
-            suffix = " (admins)" if spec.admin else " (operators)" if spec.op else ""
+            suffix = " (admins)" if spec.admin else ""
             lines.append(ev.Notice(f"  {spec.usage:<22} {spec.help}{suffix}"))
     lines.append(ev.Notice("  //text                 send text starting with /"))
     me.send_many(lines)
 
 
 def _quit(hub: Hub, me: Session, arg: str) -> None:
-    hub.unregister(me, ev.Quit(me.name, arg))
+    actions.quit(hub, me, arg)
     me.send(ev.Notice("goodbye"))
     me.disconnect("quit")
 
 
 def _clear(hub: Hub, me: Session, arg: str) -> None:
-    me.room.clear(me.name)
+    actions.clear(hub, me, me.room)
 
 
 def _kick(hub: Hub, me: Session, arg: str) -> None:
     """Admins disconnect NAME from the server; a room operator moves NAME out of the room."""
     name, reason = split_arg(arg)
-    target = hub.find(name)
-    if target is None:
-        raise ChatError("no_such_user", f"no such user: {name}")
     if me.is_admin:
-        kill(hub, target, me.name, reason)
-        return
-    room = me.room
-    if room.key not in target.rooms:
-        raise ChatError("no_such_user", f"{target.name} is not in {room.name}")
-    event = ev.Kicked(target.name, me.name, reason, room.name)
-    target.send(event)
-    hub.part(target, room, event)
-    if not target.rooms and target.proto.name == "native":
-        hub.join(target, hub.lobby)  # a native client is always somewhere
-
-
-def kill(hub: Hub, target: Session, by: str, reason: str) -> None:
-    """Disconnect ``target`` server-wide; it and everyone sharing a room see why."""
-    event = ev.Killed(target.name, by, reason)
-    target.send(event)
-    hub.unregister(target, event)
-    target.disconnect(f"kicked by {by}")
+        actions.kill(hub, me, name, reason)
+    else:
+        actions.kick(hub, me, me.room, name, reason)
 
 
 def _join(hub: Hub, me: Session, arg: str) -> None:
-    name = check_name(arg)
     old = me.room
-    if old is not None and old.key == name_key(name):
+    if old is not None and old.key == name_key(check_name(arg)):
         me.send(ev.Notice(f"you are already in {old.name}"))
         return
-    room = hub.room(name)
-    if old is not None:
-        hub.part(me, old, ev.Left(me.name, f"to {room.name}", old.name))
-    hub.join(me, room)
+    actions.join(hub, me, arg)
 
 
 def _rooms(hub: Hub, me: Session, arg: str) -> None:
@@ -140,20 +106,17 @@ def _topic(hub: Hub, me: Session, arg: str) -> None:
         text = f"topic of {room.name}: {room.topic}" if room.topic else f"{room.name} has no topic"
         me.send(ev.Notice(text))
         return
-    if room.topic_locked and not room.is_op(me):
-        raise ChatError("permission_denied",
-                        f"permission denied: only operators of {room.name} set its topic")
-    room.set_topic(me.name, "" if arg == "-" else arg)
+    actions.set_topic(hub, me, room, "" if arg == "-" else arg)
 
 
 def _shutdown(hub: Hub, me: Session, arg: str) -> None:
-    hub.request_shutdown(arg or f"by {me.name}")
+    actions.shutdown(hub, me, arg)
 
 
 COMMANDS: dict[str, Spec] = {
     "say": Spec(_say, "text", "", words=1),
     "msg": Spec(_msg, "/msg NAME text", "private message to NAME", words=2),
-    "who": Spec(_who, "/who", "who is online"),
+    "who": Spec(_who, "/who", "who is in this room"),
     "me": Spec(_me, "/me text", "action: * you text", words=1),
     "nick": Spec(_nick, "/nick NEW", "change your name", words=1),
     "help": Spec(_help, "/help", "this list"),

@@ -1,0 +1,163 @@
+"""The seam between publishing and delivery: the :class:`Broker` interface, and the
+in-process broker that is the embedded default.
+
+A room publishes (a line, a topic change, a clear) through the broker; the broker puts the
+event in the room's one order, stores what is stored, and hands it back for delivery
+(:meth:`Room.deliver`). In one process that is a function call in the same loop pass; in a
+cluster (``store/redis_broker.py``) it is a round trip through Redis, and every node
+delivers in the order Redis gave. The contract, which every broker keeps (docs/DESIGN.md
+says more):
+
+* **One order per room.** Events of one room are delivered to every member, on every
+  node, in one order, each once. A broker never delivers a node's own events "locally
+  first".
+* **Stored means numbered.** A stored line (message, action, clear) gets the room's next
+  id and is in ``recent()`` from the moment it is delivered.
+* **Never blocks the caller, never raises on I/O.** ``publish``, ``announce``, ``clear``,
+  ``open`` and ``close`` return at once; what fails later is reported to the publisher as
+  an error event (``! not delivered: ...``), never silently dropped. Only ``prepare``
+  (called by actions before a join, outside the hub) may wait.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+from geventchat.core import events as ev
+
+if TYPE_CHECKING:
+    from geventchat.core.hub import Room
+
+log = logging.getLogger(__name__)
+
+StoredEvent = ev.Message | ev.Action | ev.Cleared
+
+
+class Broker(Protocol):
+    """Orders, stores and hands back room events; see the module docstring."""
+
+    def open(self, room: Room) -> None:
+        """The room came into use on this node (storage opened, subscription started)."""
+
+    def prepare(self, room: Room) -> None:
+        """Wait (this greenlet only) until the room's history can be replayed."""
+
+    def close(self, room: Room) -> None:
+        """The room has no member on this node any more; never waits."""
+
+    def publish(self, room: Room, event: ev.Message | ev.Action) -> None:
+        """A stored line: numbered, stored, delivered to every member in order."""
+
+    def announce(self, room: Room, event: ev.Event) -> None:
+        """An unstored room event (topic, kick, mode), in the same order as the lines."""
+
+    def clear(self, room: Room, event: ev.Cleared) -> None:
+        """Empty the room's history and deliver ``event``, atomically."""
+
+    def recent(self, room: Room) -> list[ev.Event]:
+        """The replay for a newcomer, oldest first."""
+
+    def close_all(self, timeout: float) -> None:
+        """Shutdown: flush and close every room's storage against one deadline."""
+
+
+class HistoryStore(Protocol):
+    """What the local broker needs from one room's storage (``store.history.History``)."""
+
+    def recent(self) -> list[StoredEvent]: ...
+
+    def append(self, event: StoredEvent) -> StoredEvent | None: ...
+
+    def clear(self, event: ev.Cleared) -> StoredEvent | None: ...
+
+
+class HistoryShelf(Protocol):
+    """Every room's storage on this node (``store.history.HistoryShelf``): ``get`` opens
+    or reuses, ``release`` closes in the background, ``close_all`` at shutdown."""
+
+    def get(self, room: str) -> HistoryStore: ...
+
+    def release(self, history: HistoryStore) -> None: ...
+
+    def close_all(self, timeout: float) -> None: ...
+
+
+class LocalBroker:
+    """The embedded default: one process, file history. Publishing is a function call:
+    the history numbers and keeps the line in memory at once (the disk write happens in
+    its writer greenlet), and the room delivers it at the end of this loop pass."""
+
+    def __init__(self, shelf: HistoryShelf) -> None:
+        self._shelf = shelf
+        self._histories: dict[str, HistoryStore] = {}
+
+    def open(self, room: Room) -> None:
+        self._histories[room.key] = self._shelf.get(room.name)
+
+    def prepare(self, room: Room) -> None:
+        history = self._history(room)
+        load = getattr(history, "load", None)
+        if load is not None:
+            load()
+
+    def close(self, room: Room) -> None:
+        history = self._histories.pop(room.key, None)
+        if history is not None:
+            self._shelf.release(history)
+
+    def _history(self, room: Room) -> HistoryStore:
+        history = self._histories.get(room.key)
+        if history is None:  # a room used again after it was closed
+            history = self._histories[room.key] = self._shelf.get(room.name)
+        return history
+
+    def publish(self, room: Room, event: ev.Message | ev.Action) -> None:
+        stored = self._history(room).append(event)
+        room.stored()
+        room.deliver(stored if stored is not None else event)
+
+    def announce(self, room: Room, event: ev.Event) -> None:
+        room.deliver(event)
+
+    def clear(self, room: Room, event: ev.Cleared) -> None:
+        stored = self._history(room).clear(event)
+        room.stored()
+        room.deliver(stored if stored is not None else event)
+
+    def recent(self, room: Room) -> list[ev.Event]:
+        return list(self._history(room).recent())
+
+    def close_all(self, timeout: float) -> None:
+        self._shelf.close_all(timeout)
+
+
+class SimpleShelf:
+    """A shelf over a history factory, for tests and tools: ``get`` makes a new store,
+    ``release`` closes it in a background greenlet, ``close_all`` closes what is open."""
+
+    def __init__(self, make: Callable[[str], HistoryStore]) -> None:
+        self._make = make
+        self._open: list[HistoryStore] = []
+
+    def get(self, room: str) -> HistoryStore:
+        history = self._make(room)
+        self._open.append(history)
+        return history
+
+    def release(self, history: HistoryStore) -> None:
+        import gevent
+
+        close = getattr(history, "close", None)
+        if close is not None:
+            gevent.spawn(close)
+
+    def close_all(self, timeout: float) -> None:
+        for history in self._open:
+            close = getattr(history, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    log.exception("closing a history failed")
