@@ -565,12 +565,23 @@ class Hub:
             self.invisible += 1 if on else -1
         return True
 
+    def check_admins(self) -> None:
+        """Cheap look (at most once a second) at whether the admin accounts changed on
+        disk; if so, reload them and demote sessions whose account is gone. Called at
+        every login and name claim, so ``geventchat admin add/remove`` needs no restart."""
+        refresh = getattr(self.admins, "refresh", None)
+        if refresh is not None and refresh():
+            self._demote_removed()
+
     def reload_admins(self) -> list[Session]:
         """Re-read the admin accounts; sessions whose account is gone lose their rights at
         once (and are told). Returns those sessions."""
         reload = getattr(self.admins, "reload", None)
         if reload is not None:
             reload()
+        return self._demote_removed()
+
+    def _demote_removed(self) -> list[Session]:
         demoted = []
         for session in self.sessions():
             if session.account is not None and not self.admins.is_admin(session.account):

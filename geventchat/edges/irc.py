@@ -529,6 +529,7 @@ def _nick(c: IrcConnection, m: IrcLine) -> None:
         raise IrcError(irc.ERR_ERRONEUSNICKNAME, word(m.params[0]),
                        text="Erroneous nickname") from None
     me = c.session
+    c.hub.check_admins()
     new = actions.check_new_name(c.hub, new, me)
     if me is None:
         c.nick = new
@@ -951,6 +952,7 @@ def _version(c: IrcConnection, m: IrcLine) -> None:
 def _oper(c: IrcConnection, m: IrcLine) -> None:
     """Admin login against the admin accounts. Failures are rate-limited per IP across
     connections, like native admin logins; the password is never logged."""
+    c.hub.check_admins()
     try:
         name = check_name(m.params[0])
     except ChatError:

@@ -113,6 +113,7 @@ class NativeConnection(ClientConnection):
             self._on_name(line)
 
     def _on_name(self, line: str) -> None:
+        self.hub.check_admins()
         try:
             name = check_name(line)
             self.hub.check_free(name)

@@ -25,6 +25,8 @@ import json
 import logging
 import os
 import stat
+import time
+import unicodedata
 from dataclasses import dataclass
 
 import gevent
@@ -39,6 +41,9 @@ VERSION = 1
 
 #: scrypt cost for new hashes: n=2**14, r=8 is the interactive-login setting of the scrypt
 #: paper (~16 MiB and ~50 ms here), p=1 keeps it on one core.
+#: Least seconds between two looks at the admins file for changes.
+REFRESH_INTERVAL = 1.0
+
 SCRYPT_N = 2**14
 SCRYPT_R = 8
 SCRYPT_P = 1
@@ -57,8 +62,10 @@ class AdminFileError(Exception):
 
 
 def key(name: str) -> str:
-    """Identity of a name for uniqueness: NFKC then casefold (the same as the hub's)."""
-    return name_key(name)
+    """The key an account is stored under: NFKC then casefold. Stable: it depends on no
+    data table that a dependency update could change (the look-alike skeleton, used for
+    collisions, is computed at load and never written)."""
+    return unicodedata.normalize("NFKC", name).casefold()
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,14 +133,26 @@ class AdminStore:
     def __init__(self, path: str | os.PathLike | None) -> None:
         self.path = None if path is None else os.fspath(path)
         self._accounts: dict[str, _Account] = {}
+        # The hub's identity of each admin name (look-alikes collide) -> stored key.
+        self._by_identity: dict[str, str] = {}
+        self._stamp: tuple[int, int, int] | None = None
+        self._checked = 0.0
         self.reload()
 
+    def _find(self, name: str) -> _Account | None:
+        account = self._accounts.get(key(name))
+        if account is None:
+            stored = self._by_identity.get(name_key(name))
+            account = self._accounts.get(stored) if stored is not None else None
+        return account
+
     def is_admin(self, name: str) -> bool:
-        return key(name) in self._accounts
+        """Whether ``name`` (or a look-alike of it) is an admin account's name."""
+        return self._find(name) is not None
 
     def verify(self, name: str, password: str) -> bool:
         """Whether ``password`` is ``name``'s; False for unknown names, after the same work."""
-        account = self._accounts.get(key(name))
+        account = self._find(name)
         if account is None:
             expected = _Hash(SCRYPT_N, SCRYPT_R, SCRYPT_P, _DUMMY_SALT, bytes(DKLEN))
         else:
@@ -153,7 +172,7 @@ class AdminStore:
         accounts = dict(self._accounts)  # no yield from here to the swap: no lost update
         accounts[key(name)] = account
         self._save(accounts)
-        self._accounts = accounts
+        self._set(accounts)
         log.info("admin account %s saved", name)
 
     def remove(self, name: str) -> bool:
@@ -164,7 +183,7 @@ class AdminStore:
         accounts = dict(self._accounts)
         del accounts[key(name)]
         self._save(accounts)
-        self._accounts = accounts
+        self._set(accounts)
         log.info("admin account %s removed", name)
         return True
 
@@ -175,7 +194,31 @@ class AdminStore:
     def reload(self) -> None:
         """Read the file again; on error the accounts in memory are kept."""
         if self.path is not None:
-            self._accounts = _load(self.path)
+            self._stamp = _stamp(self.path)
+            self._set(_load(self.path))
+
+    def refresh(self) -> bool:
+        """Re-read the file if it changed since it was read (``geventchat admin add`` or
+        ``remove`` while the server runs); True if the accounts were reloaded. A cheap
+        ``stat``, at most once a second, so it can run at every login and name claim."""
+        now = time.monotonic()
+        if self.path is None or now - self._checked < REFRESH_INTERVAL:
+            return False
+        self._checked = now
+        if _stamp(self.path) == self._stamp:
+            return False
+        try:
+            self.reload()
+        except AdminFileError as exc:
+            log.error("admins file changed but can't be used; keeping the old accounts: %s",
+                      exc)
+            return False
+        log.info("admins file %s changed: %d accounts loaded", self.path, len(self._accounts))
+        return True
+
+    def _set(self, accounts: dict[str, _Account]) -> None:
+        self._accounts = accounts
+        self._by_identity = {name_key(a.name): k for k, a in accounts.items()}
 
     def _require_path(self) -> None:
         if self.path is None:
@@ -191,6 +234,15 @@ class AdminStore:
         except OSError as exc:
             raise AdminFileError(
                 f"cannot write admins file {self.path}: {exc.strerror or exc}") from None
+
+
+def _stamp(path: str) -> tuple[int, int, int] | None:
+    """What changes when the file is replaced or rewritten: inode, size, mtime."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _load(path: str) -> dict[str, _Account]:
@@ -236,7 +288,11 @@ def _parse(raw: bytes) -> dict[str, _Account]:
     admins = data.get("admins")
     if not isinstance(admins, dict):
         raise ValueError('"admins" must be a JSON object')
-    return {k: _parse_account(k, entry) for k, entry in admins.items()}
+    accounts = {}
+    for k, entry in admins.items():
+        account = _parse_account(k, entry)
+        accounts[key(account.name)] = account  # older files were keyed by the skeleton
+    return accounts
 
 
 def _parse_account(account_key: str, entry: object) -> _Account:
@@ -245,7 +301,7 @@ def _parse_account(account_key: str, entry: object) -> _Account:
     name, hashed = entry.get("name"), entry.get("hash")
     if not isinstance(name, str) or not name or not isinstance(hashed, str):
         raise ValueError(f'entry {account_key!r} needs string "name" and "hash"')
-    if key(name) != account_key:
+    if account_key not in (key(name), name_key(name)):
         raise ValueError(f"entry {account_key!r}: key must be {key(name)!r} for name {name!r}")
     try:
         return _Account(name, _Hash.parse(hashed))

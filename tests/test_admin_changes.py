@@ -1,0 +1,65 @@
+"""Admin account changes reach a running server: no restart, no password broadcast."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+
+from tests.helpers import TIMEOUT, add_admin, wait_for
+
+
+def remove_admin(srv, name: str) -> None:
+    subprocess.run([sys.executable, "-m", "geventchat", "admin", "remove", name,
+                    "--admins", str(srv.admins)], check=True, timeout=30, capture_output=True)
+
+
+def test_admin_added_while_running_is_asked_for_a_password(make_srv):
+    srv = make_srv(start=False)
+    add_admin(srv.admins, "root", "s3cret-pw")
+    srv.start()
+    watcher = srv.connect("watcher")
+    time.sleep(1.1)  # the file's mtime must differ from the one loaded at start
+    add_admin(srv.admins, "ops2", "an0ther-pw")
+    c = srv.connect()
+    assert c.line() == "? name:"
+    time.sleep(1.1)  # at most one look at the file per second
+    c.send("ops2")
+    assert c.line() == "? password:"  # not taken as an ordinary user...
+    c.send("an0ther-pw")
+    c.expect("* ops2 joined")
+    c.send("/clear")  # ...and an admin now
+    watcher.expect("* history cleared by ops2")
+    wait_for(srv.history.exists, what="the cleared history file")
+    assert "an0ther-pw" not in srv.history.read_text("utf-8")
+
+
+def test_removed_admin_loses_its_rights_at_once(make_srv):
+    srv = make_srv(start=False)
+    add_admin(srv.admins, "root", "s3cret-pw")
+    add_admin(srv.admins, "boss", "b0ss-pass")
+    srv.start()
+    root = srv.connect("root", "s3cret-pw")
+    remove_admin(srv, "root")
+    time.sleep(1.1)
+    srv.connect("someone")  # a name claim makes the server look at the file
+    root.expect("* your admin account was removed: you are no longer an admin")
+    root.send("/clear")
+    assert root.expect(re.compile("^!"))[-1].startswith("! permission denied")
+
+
+def test_sighup_reloads_admins_and_keeps_serving(make_srv):
+    srv = make_srv(start=False)
+    add_admin(srv.admins, "root", "s3cret-pw")
+    srv.start()
+    root = srv.connect("root", "s3cret-pw")
+    remove_admin(srv, "root")
+    srv.proc.send_signal(signal.SIGHUP)
+    root.expect("* your admin account was removed: you are no longer an admin")
+    srv.wait_log("reloaded: admin accounts")
+    assert srv.proc.poll() is None  # SIGHUP used to kill the server (exit 129)
+    other = srv.connect("other")
+    other.send("hello")
+    root.expect("other: hello", timeout=TIMEOUT)
