@@ -59,6 +59,36 @@ RESERVED_NAMES = frozenset({"server", "history", "online", "rooms", "topic", "co
                             "goodbye", "you"})
 
 
+# mIRC formatting: bold, colour (with its digits), hex colour, reset, monospace, reverse,
+# italic, strikethrough, underline. IRC users keep it; other protocols get it stripped.
+_FORMAT_CODES = "\x02\x03\x04\x0f\x11\x16\x1d\x1e\x1f"
+_CONTROL_BUT_FORMAT = re.compile(
+    "[" + "".join(c for c in "".join(chr(i) for i in range(0x20)) + "\x7f"
+                  if c not in _FORMAT_CODES + "\t" and c != "\n")
+    + "\x0a\x80-\x9f" + _BIDI + "]")
+_FORMAT = re.compile(r"\x03(?:\d{1,2}(?:,\d{1,2})?)?|\x04(?:[0-9a-fA-F]{6}"
+                     r"(?:,[0-9a-fA-F]{6})?)?|[\x02\x0f\x11\x16\x1d\x1e\x1f]")
+_HAS_FORMAT = re.compile("[" + _FORMAT_CODES + "]")
+
+
+def clean_keeping_format(text: str) -> str:
+    """:func:`clean`, but mIRC formatting codes stay (IRC input: IRC readers see colours,
+    everyone else gets them stripped by :func:`strip_formatting`)."""
+    if "\t" in text:
+        text = text.replace("\t", " ")
+    if _CONTROL_BUT_FORMAT.search(text) is None:
+        return text
+    return _CONTROL_BUT_FORMAT.sub("", text)
+
+
+def strip_formatting(text: str) -> str:
+    """``text`` without mIRC formatting: colour codes go with their digits (``\x034red``
+    is ``red``, not ``4red``)."""
+    if _HAS_FORMAT.search(text) is None:
+        return text
+    return _FORMAT.sub("", text)
+
+
 def clean(text: str) -> str:
     """Return ``text`` without control characters or bidi controls; tabs become spaces.
 

@@ -35,7 +35,13 @@ from geventchat.core import actions
 from geventchat.core import events as ev
 from geventchat.core.errors import ChatError
 from geventchat.core.hub import Room, Session
-from geventchat.core.text import check_name, clean, name_key
+from geventchat.core.text import (
+    check_name,
+    clean,
+    clean_keeping_format,
+    name_key,
+    strip_formatting,
+)
 from geventchat.edges.base import ClientConnection, EdgeContext
 from geventchat.edges.outbuf import Output
 from geventchat.wire import irc
@@ -560,7 +566,7 @@ def _pong(c: IrcConnection, m: IrcLine) -> None:
 
 
 def _quit(c: IrcConnection, m: IrcLine) -> None:
-    reason = fit_bytes(clean(m.param(0)).strip(), KICKLEN)
+    reason = fit_bytes(clean(" ".join(m.params)).strip(), KICKLEN)
     if c.session is not None:
         c.hub.unregister(c.session, ev.Quit(c.session.name, reason))
     c.close("quit", f"Quit: {reason}" if reason else "Quit")
@@ -600,8 +606,8 @@ def _deliver(c: IrcConnection, target: str, text: str, notice: bool) -> None:
         if ctcp[0] != "ACTION":
             return  # CTCP VERSION, PING...: no hub event carries them; dropped
         action, text = True, ctcp[1]
-    text = clean(text)
-    if not text.strip():
+    text = clean_keeping_format(text)
+    if not strip_formatting(text).strip():
         return  # empty after hygiene: ignored, as natively
     me = c.me
     if target.startswith("#"):
@@ -679,13 +685,15 @@ def _topic(c: IrcConnection, m: IrcLine) -> None:
         else:
             c.reply(irc.RPL_NOTOPIC, chan, text="No topic is set")
         return
-    actions.set_topic(c.hub, c.me, room, fit_bytes(clean(m.params[1]).strip(), TOPICLEN))
+    text = fit_bytes(clean_keeping_format(m.params[1]).strip(), TOPICLEN)
+    actions.set_topic(c.hub, c.me, room, text)
 
 
 def _kick(c: IrcConnection, m: IrcLine) -> None:
     room = c.room(m.params[0])
     actions.require_operator(c.me, room)
-    reason = fit_bytes(clean(m.param(2)).strip(), KICKLEN)
+    # Some clients send the reason's words as separate parameters (no colon): join them.
+    reason = fit_bytes(clean(" ".join(m.params[2:])).strip(), KICKLEN)
     for nick in m.params[1].split(",")[:MAX_TARGETS]:
         try:
             actions.kick(c.hub, c.me, room, nick, reason)

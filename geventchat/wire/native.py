@@ -18,6 +18,7 @@ from typing import Final
 
 from geventchat.core import events as ev
 from geventchat.core.text import clean
+from geventchat.core.text import strip_formatting as _plain
 
 log = logging.getLogger(__name__)
 
@@ -146,16 +147,16 @@ def _render_kicked(e: ev.Kicked | ev.Killed) -> str:
 
 def _render_topic(e: ev.Topic) -> str:
     if e.text:
-        return f"* {e.by} set the topic of {e.room}: {e.text}"
+        return f"* {e.by} set the topic of {e.room}: {_plain(e.text)}"
     return f"* {e.by} cleared the topic of {e.room}"
 
 
 # One function per event type: a dict lookup on type() is the cheapest dispatch on the
 # fan-out path. Every rendered line is a single line: user text was cleaned on input.
 _RENDERERS: Final = {
-    ev.Message: lambda e: f"{e.name}: {e.text}",
-    ev.Action: lambda e: f"* {e.name} {e.text}",
-    ev.PrivateMessage: lambda e: f"(private) {e.sender} -> {e.target}: {e.text}",
+    ev.Message: lambda e: f"{e.name}: {_plain(e.text)}",
+    ev.Action: lambda e: f"* {e.name} {_plain(e.text)}",
+    ev.PrivateMessage: lambda e: f"(private) {e.sender} -> {e.target}: {_plain(e.text)}",
     ev.Joined: lambda e: f"* {e.name} joined",
     ev.Left: lambda e: f"* {e.name} left{_reason(e.reason)}",
     ev.Quit: lambda e: f"* {e.name} left{_reason(e.reason)}",
