@@ -313,6 +313,7 @@ def build_hub(settings: Settings) -> Hub:
     from geventchat.core.broker import LocalBroker, SimpleShelf
     from geventchat.store.admins import AdminStore
     from geventchat.store.history import History
+    from geventchat.store.topics import TopicStore
 
     hub: Hub
 
@@ -323,7 +324,8 @@ def build_hub(settings: Settings) -> Hub:
                        max_records=settings.history_max,
                        on_error=lambda text: hub.notify_admins(f"history: {text}"))
 
-    hub = Hub(LocalBroker(SimpleShelf(history_for)), AdminStore(settings.admins))
+    topics = TopicStore(settings.history.with_name(f"{settings.history.stem}.topics.json"))
+    hub = Hub(LocalBroker(SimpleShelf(history_for), topics), AdminStore(settings.admins))
     return hub
 
 

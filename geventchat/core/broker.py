@@ -84,17 +84,33 @@ class HistoryShelf(Protocol):
     def close_all(self, timeout: float) -> None: ...
 
 
+class TopicStore(Protocol):
+    """Where the local broker keeps topics across restarts (``store.topics``)."""
+
+    def get(self, key: str) -> object | None: ...
+
+    def set(self, key: str, room: str, text: str, by: str, when: object) -> None: ...
+
+    def flush(self, timeout: float) -> bool: ...
+
+
 class LocalBroker:
     """The embedded default: one process, file history. Publishing is a function call:
     the history numbers and keeps the line in memory at once (the disk write happens in
     its writer greenlet), and the room delivers it at the end of this loop pass."""
 
-    def __init__(self, shelf: HistoryShelf) -> None:
+    def __init__(self, shelf: HistoryShelf, topics: TopicStore | None = None) -> None:
         self._shelf = shelf
+        self._topics = topics
         self._histories: dict[str, HistoryStore] = {}
 
     def open(self, room: Room) -> None:
         self._histories[room.key] = self._shelf.get(room.name)
+        stored = self._topics.get(room.key) if self._topics is not None else None
+        if stored is not None:
+            room.topic = stored.text
+            room.topic_by = stored.by
+            room.topic_time = stored.time
 
     def prepare(self, room: Room) -> None:
         history = self._history(room)
@@ -119,6 +135,8 @@ class LocalBroker:
         room.deliver(stored if stored is not None else event)
 
     def announce(self, room: Room, event: ev.Event) -> None:
+        if self._topics is not None and type(event) is ev.Topic:
+            self._topics.set(room.key, room.name, event.text, event.by, event.time)
         room.deliver(event)
 
     def clear(self, room: Room, event: ev.Cleared) -> None:
@@ -131,6 +149,8 @@ class LocalBroker:
 
     def close_all(self, timeout: float) -> None:
         self._shelf.close_all(timeout)
+        if self._topics is not None and not self._topics.flush(timeout):
+            log.error("topics not written within %g s", timeout)
 
 
 class SimpleShelf:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from types import MappingProxyType
 from typing import Protocol
 
@@ -159,6 +160,8 @@ class Room:
         self.key = name_key(name)
         self.broker = broker
         self.topic = ""
+        self.topic_by = ""  # who set it, and when (IRC 333)
+        self.topic_time: datetime | None = None
         self.topic_locked = True  # IRC +t: only operators set the topic
         self.members: dict[str, Session] = {}
         self.ops: set[str] = set()  # keys of room operators (admins are ops everywhere)
@@ -190,8 +193,9 @@ class Room:
         self.broker.clear(self, ev.Cleared(by, self.name))
 
     def set_topic(self, by: str, text: str) -> None:
-        self.topic = text
-        self.broker.announce(self, ev.Topic(self.name, by, text))
+        event = ev.Topic(self.name, by, text)
+        self.topic, self.topic_by, self.topic_time = text, by, event.time
+        self.broker.announce(self, event)
 
     def recent(self) -> list[ev.Event]:
         return self.broker.recent(self)
