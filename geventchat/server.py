@@ -16,6 +16,7 @@ import signal
 import socket
 import ssl
 import time
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
@@ -330,9 +331,16 @@ def build_hub(settings: Settings) -> Hub:
 
 
 def _room_path(lobby_path: Path, room: str) -> Path:
-    """``history.txt`` -> ``history.dev.txt``; by the room's key, so ``Dev`` and ``dev``
-    (one room) always use one file."""
-    return lobby_path.with_name(f"{lobby_path.stem}.{name_key(room)}{lobby_path.suffix}")
+    """``history.txt`` -> ``history.dev.txt``: by the room's NFKC+casefold key, so ``Dev``
+    and ``dev`` (one room) always use one file, and the name depends on no look-alike data
+    table that a dependency update could change (F11). Files named by the older look-alike
+    skeleton key are still found."""
+    stable = unicodedata.normalize("NFKC", room).casefold()
+    path = lobby_path.with_name(f"{lobby_path.stem}.{stable}{lobby_path.suffix}")
+    legacy = lobby_path.with_name(f"{lobby_path.stem}.{name_key(room)}{lobby_path.suffix}")
+    if legacy != path and not path.exists() and legacy.exists():
+        return legacy
+    return path
 
 
 def serve(settings: Settings) -> int:
