@@ -36,6 +36,9 @@ class Settings:
     password_file: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    #: Rooms in use at once: each keeps a history file open, and each room anyone ever
+    #: spoke in leaves a file, so a cap bounds both.
+    max_rooms: int = 1000
     irc_port: int | None = None
     #: How long the shared port waits for a client's first bytes before it prompts: IRC
     #: and HTTP clients speak first, people wait for the prompt.

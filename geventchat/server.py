@@ -327,6 +327,7 @@ def build_hub(settings: Settings) -> Hub:
 
     topics = TopicStore(settings.history.with_name(f"{settings.history.stem}.topics.json"))
     hub = Hub(LocalBroker(SimpleShelf(history_for), topics), AdminStore(settings.admins))
+    hub.max_rooms = settings.max_rooms
     return hub
 
 

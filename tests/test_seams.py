@@ -322,3 +322,20 @@ def test_a_silent_client_on_the_shared_port_gets_the_native_prompt(srv_plain):
 @pytest.fixture
 def srv_plain(make_srv) -> ServerProcess:
     return make_srv()
+
+
+def test_rooms_in_use_are_capped():
+    hub = make_hub()
+    hub.max_rooms = 3  # the lobby and two more
+    a = user(hub, "a")
+    actions.join(hub, a, "one")
+    b = user(hub, "b")
+    actions.join(hub, b, "two")
+    c = user(hub, "c")
+    with pytest.raises(Exception) as refused:
+        actions.join(hub, c, "three")
+    assert refused.value.code == "too_many_rooms"
+    actions.join(hub, c, "one")  # existing rooms stay open to everyone
+    actions.join(hub, a, "lobby")  # "one" still has c; "two" empties when b leaves
+    actions.join(hub, b, "lobby")
+    assert actions.join(hub, c, "three") is not None

@@ -98,7 +98,11 @@ def join(hub: Hub, me: Session, name: str, max_rooms: int = 0) -> Room | None:
     if max_rooms and len(me.rooms) >= max_rooms:
         raise ChatError("too_many_rooms", f"you are in too many rooms (max {max_rooms})",
                         name)
-    room = room or hub.room(room_name)
+    if room is None:
+        if hub.max_rooms and len(hub.rooms) >= hub.max_rooms:
+            raise ChatError("too_many_rooms", f"no new rooms: the server has {hub.max_rooms} "
+                                              f"rooms in use", name)
+        room = hub.room(room_name)
     hub.broker.prepare(room)  # may wait for the history: outside any hub call
     old = me.room if me.always_in_room else None
     if old is not None and old is not room and old.key in me.rooms:

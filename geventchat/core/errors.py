@@ -24,7 +24,6 @@ CODES: dict[str, str] = {
     "line_too_long": "line too long",
     "server_full": "server full",
     "flood": "slow down",
-    "sendq": "sendq exceeded",
     "timeout": "timeout",
     "no_such_room": "no such room",
     "not_member": "you are not in that room",

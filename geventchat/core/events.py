@@ -13,6 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+#: Name of the room every native client starts in, the one place it is spelled.
+LOBBY_NAME = "lobby"
+
 
 def now() -> datetime:
     """Event time: timezone-aware UTC, so history files are unambiguous across moves."""
@@ -25,7 +28,7 @@ class Message:
 
     name: str
     text: str
-    room: str = "lobby"
+    room: str = LOBBY_NAME
     time: datetime = field(default_factory=now)
     #: Per-room id of a stored line (0 until the history or broker numbers it).
     id: int = 0
@@ -37,7 +40,7 @@ class Action:
 
     name: str
     text: str
-    room: str = "lobby"
+    room: str = LOBBY_NAME
     time: datetime = field(default_factory=now)
     #: Per-room id of a stored line (0 until the history or broker numbers it).
     id: int = 0
@@ -58,7 +61,7 @@ class Joined:
     """``name`` entered ``room``."""
 
     name: str
-    room: str = "lobby"
+    room: str = LOBBY_NAME
     time: datetime = field(default_factory=now)
 
 
@@ -68,7 +71,7 @@ class Left:
 
     name: str
     reason: str = ""
-    room: str = "lobby"
+    room: str = LOBBY_NAME
     time: datetime = field(default_factory=now)
 
 
@@ -89,7 +92,7 @@ class Kicked:
     name: str
     by: str
     reason: str = ""
-    room: str = "lobby"
+    room: str = LOBBY_NAME
     time: datetime = field(default_factory=now)
 
 
@@ -128,7 +131,7 @@ class Cleared:
     """The history of ``room`` was emptied by admin ``by``."""
 
     by: str
-    room: str = "lobby"
+    room: str = LOBBY_NAME
     time: datetime = field(default_factory=now)
     #: Per-room id of a stored line (0 until the history or broker numbers it).
     id: int = 0

@@ -32,8 +32,7 @@ from geventchat.core.text import name_key
 
 log = logging.getLogger(__name__)
 
-#: Name of the room every native client starts in.
-LOBBY_NAME = "lobby"
+LOBBY_NAME = ev.LOBBY_NAME  # re-exported: the room every native client starts in
 
 #: Join and leave notices wait up to this long for company before going out. A crowd
 #: arriving at once (a restart, a reconnect storm) then costs one batch per member for
@@ -427,6 +426,8 @@ class Hub:
         self.lobby = self.room(LOBBY_NAME)
         self.stopping = False
         self.on_shutdown: Callable[[str], None] | None = None
+        #: Rooms in use at once (0: no limit); each may hold a history file open.
+        self.max_rooms = 0
         self.opers = 0  # sessions logged in as admins
         self.invisible = 0  # IRC users with mode +i
 

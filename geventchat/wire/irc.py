@@ -65,7 +65,6 @@ RPL_WHOISUSER: Final = "311"
 RPL_WHOISSERVER: Final = "312"
 RPL_WHOISOPERATOR: Final = "313"
 RPL_ENDOFWHO: Final = "315"
-RPL_WHOISIDLE: Final = "317"
 RPL_ENDOFWHOIS: Final = "318"
 RPL_WHOISCHANNELS: Final = "319"
 RPL_LISTSTART: Final = "321"
@@ -391,8 +390,6 @@ class Hostmasks:
         if self._masks.get(name) is token:
             del self._masks[name]
 
-    def __len__(self) -> int:
-        return len(self._masks)
 
 
 def irc_time(when: datetime) -> str:

@@ -141,7 +141,7 @@ def _reason(reason: str) -> str:
 
 
 def _render_kicked(e: ev.Kicked | ev.Killed) -> str:
-    where = f" from {e.room}" if isinstance(e, ev.Kicked) and e.room != "lobby" else ""
+    where = f" from {e.room}" if isinstance(e, ev.Kicked) and e.room != ev.LOBBY_NAME else ""
     return f"* {e.name} was kicked{where} by {e.by}" + (f": {e.reason}" if e.reason else "")
 
 
