@@ -259,3 +259,12 @@ def test_admin_add_refuses_short_password(tmp_path: Path) -> None:
                           env=child_env(), timeout=STOP_TIMEOUT)
     assert done.returncode == 0, done.stderr
     assert admins.exists()
+
+
+def test_systemd_unit_uses_the_config_file() -> None:
+    unit = (Path(__file__).parent.parent / "contrib" / "geventchat.service").read_text()
+    exec_start = next(x for x in unit.splitlines() if x.startswith("ExecStart="))
+    assert exec_start.endswith("serve --config /etc/geventchat/geventchat.toml")
+    example = tomllib.loads((Path(__file__).parent.parent / "contrib" / "geventchat.toml")
+                            .read_text())
+    assert Path(example["history"]).parent.as_posix() in unit  # ReadWritePaths covers state
