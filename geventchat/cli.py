@@ -9,87 +9,97 @@ import argparse
 import getpass
 import logging
 import resource
-import socket
 import ssl
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from geventchat import __version__
+from geventchat.config import (
+    MIN_ADMIN_PASSWORD,
+    ConfigError,
+    Settings,
+    non_negative,
+    number,
+    port_number,
+    positive,
+)
 
-DEFAULT_PORT = 9999
-DEFAULT_ADMINS = Path("admins.json")
-
-
-def _at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: an integer no smaller than ``minimum``."""
-
-    def parse(value: str) -> int:
-        n = int(value)
-        if n < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {n}")
-        return n
-
-    parse.__name__ = "int"  # argparse names the type in its error messages
-    return parse
+#: The defaults, from their one source of truth (kept as names for ``connect``/``admin``).
+DEFAULTS = Settings()
+DEFAULT_PORT = DEFAULTS.port
+DEFAULT_ADMINS = DEFAULTS.admins
 
 
-_positive = _at_least(1)
-_non_negative = _at_least(0)
+def _opt(p: argparse.ArgumentParser, flag: str, help: str, **kwargs) -> None:
+    """A serve option whose default is ``Settings()``'s field of the same name (shown where
+    ``help`` says ``%(default)s``). The parser itself records no default (SUPPRESS), so
+    :func:`_serve` knows which flags were given: they outrank the environment and file."""
+    dest = kwargs.setdefault("dest", flag[2:].replace("-", "_"))
+    shown = getattr(DEFAULTS, dest)
+    shown = 0 if dest == "history_max" and shown is None else shown
+    p.add_argument(flag, default=argparse.SUPPRESS,
+                   help=help.replace("%(default)s", str(shown).replace("%", "%%")), **kwargs)
 
 
-def _add_serve(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="run the chat server",
-                       description="Run the chat server until SIGINT, SIGTERM or /shutdown.")
-    p.add_argument("--host", default="0.0.0.0",
-                   help="address to listen on (default: all interfaces)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT,
-                   help="TCP port (default: %(default)s; 0 picks a free one)")
-    p.add_argument("--history", type=Path, default=Path("history.txt"),
-                   help="history file (default: %(default)s)")
-    p.add_argument("--admins", type=Path, default=DEFAULT_ADMINS,
-                   help="admin accounts file (default: %(default)s)")
-    p.add_argument("--history-replay", type=_non_negative, default=100, metavar="N",
-                   help="history lines shown to newcomers (default: %(default)s)")
-    p.add_argument("--max-clients", type=_positive, default=1000, metavar="N",
-                   help="connections served at once (default: %(default)s)")
-    p.add_argument("--max-sendq", type=_positive, default=1 << 20, metavar="BYTES",
-                   help="output queued for a client that does not read before it is "
-                        "disconnected (default: %(default)s)")
-    p.add_argument("--max-line", type=_positive, default=4096, metavar="BYTES",
-                   help="longest accepted line (default: %(default)s)")
-    p.add_argument("--register-timeout", type=float, default=60.0, metavar="SECONDS",
-                   help="close connections that send no name within this time "
-                        "(default: %(default)s)")
-    p.add_argument("--idle-timeout", type=float, default=0.0, metavar="SECONDS",
-                   help="close connections silent for this long; 0 = never (default)")
-    p.add_argument("--max-per-ip", type=_non_negative, default=0, metavar="N",
-                   help="connections allowed from one address; 0 = no limit (default)")
-    p.add_argument("--rate-limit", type=float, default=3.0, metavar="LINES_PER_SEC",
-                   help="flood control: sustained lines/s per connection; 0 turns it off "
-                        "(default: %(default)s)")
-    p.add_argument("--rate-burst", type=_positive, default=10, metavar="N",
-                   help="flood control: lines allowed in a burst (default: %(default)s)")
-    p.add_argument("--fsync", choices=("always", "interval", "never"), default="interval",
-                   help="when history appends are forced to disk (default: %(default)s)")
-    p.add_argument("--history-max", type=_positive, default=None, metavar="N",
-                   help="keep at most about N records per history file, compacting "
-                        "atomically (default: unlimited)")
-    p.add_argument("--password-file", type=Path, metavar="FILE",
-                   help="require the password on this file's first line before the name")
-    p.add_argument("--tls-cert", type=Path, metavar="FILE", help="serve TLS with this "
-                   "certificate chain (PEM); needs --tls-key")
-    p.add_argument("--tls-key", type=Path, metavar="FILE", help="private key for --tls-cert")
-    p.add_argument("--irc-port", type=int, default=None, metavar="PORT",
-                   help="also listen for IRC alone on this port, e.g. 6667 (IRC clients can "
-                        "use --port too: the protocol is detected from the first line)")
-    p.add_argument("--server-name", default=socket.gethostname(), metavar="NAME",
-                   help="the server name IRC clients see (default: this host's name)")
-    p.add_argument("--motd", type=Path, metavar="FILE",
-                   help="message of the day shown to IRC clients (default: none, 422)")
-    p.add_argument("--log-level", default="INFO",
-                   choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-                   help="log verbosity on stderr (default: %(default)s)")
+def _add_serve(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "serve", help="run the chat server",
+        description="Run the chat server until SIGINT, SIGTERM or /shutdown.",
+        epilog="Every option is also a config-file key and an environment variable: "
+               "--max-clients 5000, max_clients = 5000 in the --config file, "
+               "GEVENTCHAT_MAX_CLIENTS=5000. A flag beats the environment, which beats the "
+               "file, which beats the default.")
+    p.add_argument("--config", type=Path, metavar="FILE",
+                   help="read settings from this TOML file (default: $GEVENTCHAT_CONFIG)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the effective configuration as TOML (secrets masked) and exit")
+    _opt(p, "--host", "address to listen on (default: %(default)s, all interfaces)")
+    _opt(p, "--port", type=port_number, help="TCP port (default: %(default)s; 0 picks a free one)")
+    _opt(p, "--history", type=Path, metavar="PATH",
+         help="lobby history file; room dev uses history.dev.txt beside it (default: "
+              "%(default)s, in the working directory)")
+    _opt(p, "--admins", type=Path, metavar="PATH",
+         help="admin accounts file; absent means no admins (default: %(default)s)")
+    _opt(p, "--history-replay", type=non_negative, metavar="N",
+         help="history lines shown to newcomers (default: %(default)s)")
+    _opt(p, "--max-clients", type=positive, metavar="N",
+         help="connections served at once (default: %(default)s)")
+    _opt(p, "--max-sendq", type=positive, metavar="BYTES",
+         help="output queued for a client that does not read before it is disconnected "
+              "(default: %(default)s)")
+    _opt(p, "--max-line", type=positive, metavar="BYTES",
+         help="longest accepted line (default: %(default)s)")
+    _opt(p, "--register-timeout", type=number(zero_ok=False), metavar="SECONDS",
+         help="close connections that send no name within this time (default: %(default)s)")
+    _opt(p, "--idle-timeout", type=number(zero_ok=True), metavar="SECONDS",
+         help="close connections silent for this long; 0 = never (default: %(default)s)")
+    _opt(p, "--max-per-ip", type=non_negative, metavar="N",
+         help="connections allowed from one address; 0 = no limit (default: %(default)s)")
+    _opt(p, "--rate-limit", type=number(zero_ok=True), metavar="LINES_PER_SEC",
+         help="flood control: sustained lines/s per connection; 0 turns it off "
+              "(default: %(default)s)")
+    _opt(p, "--rate-burst", type=positive, metavar="N",
+         help="flood control: lines allowed in a burst (default: %(default)s)")
+    _opt(p, "--fsync", choices=("always", "interval", "never"),
+         help="when history appends are forced to disk (default: %(default)s)")
+    _opt(p, "--history-max", type=non_negative, metavar="N",
+         help="keep about N records per history file, compacting atomically once it holds "
+              "1.5 N; 0 = unlimited (default: %(default)s, about 10 MB for a busy room)")
+    _opt(p, "--password-file", type=Path, metavar="FILE",
+         help="require the password on this file's first line before the name")
+    _opt(p, "--tls-cert", type=Path, metavar="FILE",
+         help="serve TLS with this certificate chain (PEM); needs --tls-key")
+    _opt(p, "--tls-key", type=Path, metavar="FILE", help="private key for --tls-cert")
+    _opt(p, "--irc-port", type=port_number, metavar="PORT",
+         help="also listen for IRC alone on this port, e.g. 6667 (IRC clients can use --port "
+              "too: the protocol is detected from the first line)")
+    _opt(p, "--server-name", metavar="NAME",
+         help="the server name IRC clients see (default: this host's name)")
+    _opt(p, "--motd", type=Path, metavar="FILE",
+         help="message of the day shown to IRC clients (default: none, 422)")
+    _opt(p, "--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+         help="log verbosity on stderr (default: %(default)s)")
+    return p
 
 
 def _add_connect(sub: argparse._SubParsersAction) -> None:
@@ -112,7 +122,7 @@ def _add_admin(sub: argparse._SubParsersAction) -> None:
         a = actions.add_parser(action, help=text)
         if action != "list":
             a.add_argument("name")
-        a.add_argument("--admins", type=Path, default=DEFAULT_ADMINS,
+        a.add_argument("--admins", type=Path, default=DEFAULT_ADMINS, metavar="PATH",
                        help="admin accounts file (default: %(default)s)")
 
 
@@ -121,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="A self-hosted terminal chat server.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_serve(sub)
+    parser.set_defaults(serve_parser=_add_serve(sub))
     _add_connect(sub)
     _add_admin(sub)
     return parser
@@ -150,24 +160,34 @@ def _fit_max_clients(wanted: int) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from geventchat.server import Settings, serve
+    import os
+
+    from geventchat import config
+
+    actions = config.setting_actions(args.serve_parser)
+    try:
+        resolved = config.resolve(vars(args), actions, args.config, os.environ)
+    except ConfigError as exc:
+        print(f"geventchat: {exc}", file=sys.stderr)
+        return 2
+    for warning in resolved.warnings:
+        print(f"geventchat: warning: {warning}", file=sys.stderr)
+    settings = resolved.settings
+    if args.print_config:
+        sys.stdout.write(config.to_toml(resolved, actions))
+        return 0
+    try:
+        config.check(settings)
+    except ConfigError as exc:
+        print(f"geventchat: {exc}", file=sys.stderr)
+        return 2
+
+    from geventchat.server import serve
     from geventchat.store.admins import AdminFileError
 
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+    logging.basicConfig(level=settings.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings(
-        host=args.host, port=args.port, history=args.history, admins=args.admins,
-        history_replay=args.history_replay, max_clients=_fit_max_clients(args.max_clients),
-        max_sendq=args.max_sendq, max_line=args.max_line,
-        register_timeout=args.register_timeout, idle_timeout=args.idle_timeout,
-        max_per_ip=args.max_per_ip, rate_limit=args.rate_limit, rate_burst=args.rate_burst,
-        fsync=args.fsync, history_max=args.history_max, password_file=args.password_file,
-        tls_cert=args.tls_cert, tls_key=args.tls_key, irc_port=args.irc_port,
-        server_name=args.server_name, motd=args.motd,
-    )
-    if bool(args.tls_cert) != bool(args.tls_key):
-        print("geventchat: --tls-cert and --tls-key go together", file=sys.stderr)
-        return 2
+    settings.max_clients = _fit_max_clients(settings.max_clients)
     try:
         return serve(settings)
     except (AdminFileError, ValueError) as exc:
@@ -177,8 +197,11 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"geventchat: TLS certificate or key unusable: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"geventchat: cannot listen on {args.host}:{args.port}: {exc.strerror}",
-              file=sys.stderr)
+        where = f"{settings.host}:{settings.port}"
+        if exc.filename:
+            print(f"geventchat: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        else:
+            print(f"geventchat: cannot listen on {where}: {exc.strerror}", file=sys.stderr)
         return 2
 
 
@@ -204,7 +227,12 @@ def _admin(args: argparse.Namespace) -> int:
                 print(name)
         elif args.action == "add":
             name = check_name(args.name)
-            store.add(name, _read_new_password(name))
+            password = _read_new_password(name)
+            if len(password) < MIN_ADMIN_PASSWORD:
+                print(f"geventchat: password too short: at least {MIN_ADMIN_PASSWORD} "
+                      "characters", file=sys.stderr)
+                return 2
+            store.add(name, password)
             print(f"admin {args.name} saved in {args.admins}")
         elif not store.remove(args.name):
             print(f"geventchat: no admin named {args.name}", file=sys.stderr)

@@ -229,7 +229,7 @@ def test_sigterm_keeps_exactly_what_was_echoed(make_srv, fsync):
 
 
 def test_sigterm_keeps_exactly_what_was_echoed_by_a_fast_unpaced_sender(make_srv):
-    srv = make_srv("--rate-limit", "0")
+    srv = make_srv("--rate-limit", "0", "--history-max", "0")  # exact counts: no compaction
     writer = srv.connect("w")
     inbox = Collector(writer)
     sender = Stream(writer, "n", paced=False)
