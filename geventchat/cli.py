@@ -90,6 +90,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     _opt(p, "--tls-cert", type=Path, metavar="FILE",
          help="serve TLS with this certificate chain (PEM); needs --tls-key")
     _opt(p, "--tls-key", type=Path, metavar="FILE", help="private key for --tls-cert")
+    _opt(p, "--max-rooms", type=non_negative, metavar="N",
+         help="rooms in use at once; each keeps a history file open (default: %(default)s; "
+              "0 = no limit)")
+    _opt(p, "--sniff-timeout", type=number(zero_ok=True), metavar="SECONDS",
+         help="how long the shared port waits for a client's first bytes before it sends "
+              "the native prompt: IRC and HTTP clients speak first (default: %(default)s)")
     _opt(p, "--irc-port", type=port_number, metavar="PORT",
          help="also listen for IRC alone on this port, e.g. 6667 (IRC clients can use --port "
               "too: the protocol is detected from the first line)")
@@ -182,7 +188,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"geventchat: {exc}", file=sys.stderr)
         return 2
 
-    from geventchat.server import serve
+    from geventchat.server import ListenError, serve
     from geventchat.store.admins import AdminFileError
 
     logging.basicConfig(level=settings.log_level, stream=sys.stderr,
@@ -195,6 +201,9 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     except ssl.SSLError as exc:
         print(f"geventchat: TLS certificate or key unusable: {exc}", file=sys.stderr)
+        return 2
+    except ListenError as exc:
+        print(f"geventchat: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         where = f"{settings.host}:{settings.port}"

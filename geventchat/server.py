@@ -36,6 +36,7 @@ from geventchat.edges.base import DRAIN_TIMEOUT, ClientConnection
 from geventchat.edges.irc import IrcConnection
 from geventchat.edges.native import NativeConnection
 from geventchat.edges.outbuf import Output
+from geventchat.reach import reach_lines
 from geventchat.store.history import CLOSE_TIMEOUT
 from geventchat.wire.native import NATIVE
 
@@ -101,20 +102,30 @@ class ChatServer:
         return None
 
     def start(self) -> None:
-        tls = " (TLS)" if self.settings.tls_cert else ""
+        """Open every listener (all or none: the error names the port that failed)."""
         for server, kind in self._listeners:
             try:
                 server.start()
             except OSError as exc:
                 for other, _ in self._listeners:
                     other.close()
-                raise ListenError(f"cannot listen on {self.settings.host}:"
-                                  f"{server.server_port or server.address[1]} ({kind}): "
+                port = server.server_port if hasattr(server, "server_port") else "?"
+                raise ListenError(f"cannot listen on {self.settings.host}:{port} "
+                                  f"({'IRC' if kind == sniff.IRC else 'chat'} port): "
                                   f"{exc.strerror or exc}") from exc
+        tls = " (TLS)" if self.settings.tls_cert else ""
+        for server, kind in self._listeners:
             host, port = server.address[:2]
             what = "geventchat" if kind == "shared" else kind.upper()
             log.info("%s listening on %s:%d%s", what, host, port, tls)
         self._sweeper = self._guarded(self._sweep_loop, "sweeper")
+
+    def _tell_how_to_reach(self) -> None:
+        """Where the first chat began: its users were told to run ``ip a`` and edit the
+        client. Say each address the server can be reached on, as a command to paste."""
+        host, port = self.address
+        for line in reach_lines(host, port, bool(self.settings.tls_cert)):
+            log.info("reach it with: %s", line)
 
     def _guarded(self, body: Callable[[], None], name: str) -> gevent.Greenlet:
         """Run a long-lived loop that must not die silently: an exception is logged with
@@ -135,12 +146,14 @@ class ChatServer:
 
     def serve_forever(self) -> None:
         """Start, wait for a stop request (signal or /shutdown), then stop gracefully."""
-        self.start()
+        # Handlers first: a SIGTERM right after "listening" must still stop gracefully.
         handlers = [gevent.signal_handler(sig, self.stop, "server stopped")
                     for sig in (signal.SIGINT, signal.SIGTERM)]
         if hasattr(signal, "SIGHUP"):
             handlers.append(gevent.signal_handler(signal.SIGHUP, self.reload))
         try:
+            self.start()
+            self._tell_how_to_reach()
             self._stopped.wait()
             self._shutdown()
         finally:
