@@ -8,14 +8,14 @@ The file holds one UTF-8 JSON record per line (``docs/PROTOCOL.md`` section 8)::
 (one line on disk). ``id`` and ``epoch`` are newer fields: files written before them still
 load (their records get id 0 and belong to no epoch).
 
-Loading. Constructing a :class:`History` touches no file. :meth:`History.load` (or the first
-``recent()``, ``append()``, ``flush()``) reads the file in gevent's threadpool, and only its
-tail: it seeks back from the end in :data:`TAIL_CHUNK` steps until it has the last ``replay``
-good records, so a 200 MB history loads in milliseconds and never stalls the event loop.
-``load()`` blocks only the calling greenlet. Appends and clears made before the load finished
-are kept in order and applied after the loaded tail. The record count that compaction needs
-is not taken at load: the writer tracks the file's size and counts lines (in the threadpool)
-only once the size says the file may be over the limit.
+Loading. Constructing a :class:`History` never waits: it starts loading in the background,
+and :meth:`History.load` waits for that (in the calling greenlet only). The load runs in
+gevent's threadpool and reads only the file's tail: it seeks back from the end in
+:data:`TAIL_CHUNK` steps until it has the last ``replay`` good records, so a 200 MB history
+loads in milliseconds and never stalls the event loop. Appends and clears made before the
+load finished are kept in order and applied after the loaded tail. The record count that
+compaction needs is not taken at load: the writer tracks the file's size and counts lines (in
+the threadpool) only once the size says the file may be over the limit.
 
 Records are checked on load: the text is cleaned (``text.clean``), a record whose name is not
 a plausible user name is skipped as corrupt, and every record is shown as a line of the room
@@ -588,8 +588,9 @@ class History:
     Not thread-safe: use it from greenlets of one thread (the server's). Only the writer
     greenlet touches the file descriptor; blocking calls run in the hub's threadpool.
 
-    Construction is cheap and touches no file; call :meth:`load` from a greenlet that may
-    wait (it starts by itself on the first append, flush or recent).
+    Construction is cheap and never waits: it only starts the load in the background. Call
+    :meth:`load` from a greenlet that may wait before relying on :meth:`recent` in a place
+    that must not switch greenlets (``recent()`` itself waits for the load if needed).
     """
 
     def __init__(
@@ -652,6 +653,9 @@ class History:
         self._writer: gevent.Greenlet | None = None
         self._wake = Event()
         self._progress = Event()
+        # Start reading the tail now (a greenlet and the threadpool: nothing waits here), so
+        # the history is usually ready by the time someone needs it.
+        self._start_load()
 
     # -- public API ----------------------------------------------------------------------
 
