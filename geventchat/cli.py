@@ -190,6 +190,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from geventchat.server import ListenError, serve
     from geventchat.store.admins import AdminFileError
+    from geventchat.store.history import HistoryLockedError
 
     logging.basicConfig(level=settings.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -202,8 +203,8 @@ def _serve(args: argparse.Namespace) -> int:
     except ssl.SSLError as exc:
         print(f"geventchat: TLS certificate or key unusable: {exc}", file=sys.stderr)
         return 2
-    except ListenError as exc:
-        print(f"geventchat: {exc}", file=sys.stderr)
+    except (ListenError, HistoryLockedError) as exc:
+        print(f"geventchat: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         where = f"{settings.host}:{settings.port}"

@@ -102,7 +102,9 @@ class ChatServer:
         return None
 
     def start(self) -> None:
-        """Open every listener (all or none: the error names the port that failed)."""
+        """Load the lobby (a history locked by another server stops us here), then open
+        every listener (all or none: the error names the port that failed)."""
+        self.hub.broker.prepare(self.hub.lobby)
         for server, kind in self._listeners:
             try:
                 server.start()
@@ -324,9 +326,9 @@ def _tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 def build_hub(settings: Settings) -> Hub:
     """The embedded defaults: in-process broker, file history, file admin accounts."""
-    from geventchat.core.broker import LocalBroker, SimpleShelf
+    from geventchat.core.broker import LocalBroker
     from geventchat.store.admins import AdminStore
-    from geventchat.store.history import History
+    from geventchat.store.history import History, HistoryShelf
     from geventchat.store.topics import TopicStore
 
     hub: Hub
@@ -334,12 +336,14 @@ def build_hub(settings: Settings) -> Hub:
     def history_for(room: str) -> History:
         lobby = name_key(room) == LOBBY_NAME
         path = settings.history if lobby else _room_path(settings.history, room)
+        where = str(path)
         return History(path, replay=settings.history_replay, fsync=settings.fsync,
-                       max_records=settings.history_max,
-                       on_error=lambda text: hub.notify_admins(f"history: {text}"))
+                       max_records=settings.history_max, room=room,
+                       on_error=lambda text: hub.storage_failed(where, f"history: {text}"),
+                       on_recover=lambda: hub.storage_recovered(where))
 
     topics = TopicStore(settings.history.with_name(f"{settings.history.stem}.topics.json"))
-    hub = Hub(LocalBroker(SimpleShelf(history_for), topics), AdminStore(settings.admins))
+    hub = Hub(LocalBroker(HistoryShelf(history_for), topics), AdminStore(settings.admins))
     hub.max_rooms = settings.max_rooms
     return hub
 

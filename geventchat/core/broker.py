@@ -113,6 +113,8 @@ class LocalBroker:
             room.topic_time = stored.time
 
     def prepare(self, room: Room) -> None:
+        """Wait for the room's history (read from the file's tail in the threadpool).
+        Raises the storage's OSError (a history locked by another server) at start-up."""
         history = self._history(room)
         load = getattr(history, "load", None)
         if load is not None:

@@ -428,6 +428,9 @@ class Hub:
         self.on_shutdown: Callable[[str], None] | None = None
         #: Rooms in use at once (0: no limit); each may hold a history file open.
         self.max_rooms = 0
+        #: Storage problems that last (a full or read-only disk): told to every admin who
+        #: logs in while they last, not only to those online when they began.
+        self.storage_trouble: dict[str, str] = {}
         self.opers = 0  # sessions logged in as admins
         self.invisible = 0  # IRC users with mode +i
 
@@ -498,6 +501,7 @@ class Hub:
         self.users[session.key] = session
         if session.is_admin:
             self.opers += 1
+            self._tell_trouble(session)
         log.info("%s joined from %s", session.name, session.addr)
         if join_lobby:
             self.lobby.join(session)
@@ -554,9 +558,27 @@ class Hub:
 
     def set_account(self, session: Session, account: str | None) -> None:
         """Give (an admin login) or take (``-o``, a removed account) admin rights."""
+        promoted = not session.is_admin and account is not None
         if session.is_admin != (account is not None) and self.users.get(session.key) is session:
             self.opers += 1 if account is not None else -1
         session.account = account
+        if promoted:
+            self._tell_trouble(session)
+
+    def storage_failed(self, where: str, text: str) -> None:
+        """A store reports a lasting problem: admins online now are told, and admins who
+        log in while it lasts."""
+        self.storage_trouble[where] = text
+        self.notify_admins(text)
+
+    def storage_recovered(self, where: str) -> None:
+        if self.storage_trouble.pop(where, None) is not None:
+            self.notify_admins(f"{where}: writing works again")
+
+    def _tell_trouble(self, session: Session) -> None:
+        if self.storage_trouble:
+            session.send_many([ev.Notice(f"storage problem: {text}")
+                               for text in self.storage_trouble.values()])
 
     def set_invisible(self, session: Session, modes: set[str], on: bool) -> bool:
         """IRC user mode ``+i``; True if it changed."""

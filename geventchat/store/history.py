@@ -613,6 +613,7 @@ class History:
         max_records: int | None = None,
         on_error: Callable[[str], None] | None = None,
         room: str = _DEFAULT_ROOM,
+        on_recover: Callable[[], None] | None = None,
     ) -> None:
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, not {fsync!r}")
@@ -629,6 +630,7 @@ class History:
         self._interval = fsync_interval
         self._max_records = max_records
         self._on_error = on_error
+        self._on_recover = on_recover
         self._recent: deque[StoredEvent] = deque(maxlen=replay)
         # Loading: appends and clears made before it finished wait here, in order.
         self._loaded = False
@@ -1230,6 +1232,11 @@ class History:
             return
         self._failing = False
         log.info("history writes resumed (%s)", self.path)
+        if self._on_recover is not None:
+            try:
+                self._on_recover()
+            except Exception:
+                log.exception("history %s: on_recover callback failed", self.path)
         if self._dropped:
             log.warning("history %s: %d records were dropped while the disk failed",
                         self.path, self._dropped)
