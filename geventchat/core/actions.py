@@ -112,6 +112,74 @@ def join(hub: Hub, me: Session, name: str, max_rooms: int = 0) -> Room | None:
     return room
 
 
+#: Most lines ``/history N`` shows, and most a resume replays exactly (past that, the
+#: client is told how many it missed and gets the recent lines).
+HISTORY_DEFAULT = 50
+HISTORY_MAX = 500
+RESUME_MAX = 1000
+
+
+def history(hub: Hub, me: Session, room: Room, n: int = HISTORY_DEFAULT) -> list[ev.Event]:
+    """The last ``n`` stored lines of a room the user is in (capped). May wait for the
+    file's tail."""
+    require_member(me, room)
+    return room.broker.last(room, max(1, min(n, HISTORY_MAX)))
+
+
+def resume(hub: Hub, me: Session, name: str, epoch: str, after_id: int) -> Room | None:
+    """Join ``name`` showing exactly the lines stored after ``after_id`` of ``epoch``
+    (then a ``resumed`` mark); or, when that can't be done (lines compacted away, more than
+    :data:`RESUME_MAX`, or another epoch), an error line saying so and the usual replay.
+    For clients that reconnect: nothing missed, nothing twice."""
+    room_name = check_name(name)
+    room = hub.find_room(room_name)
+    if room is None:
+        if hub.max_rooms and len(hub.rooms) >= hub.max_rooms:
+            raise ChatError("too_many_rooms", "no new rooms", name)
+        room = hub.room(room_name)
+    broker = room.broker
+    broker.prepare(room)
+    current, _ = broker.position(room)
+    replay: list[ev.Event] | None = None
+    note: ev.Event | None = None
+    if epoch != current and after_id == 0:
+        epoch = current  # it had seen no line: everything stored is new to it
+    if epoch != current:
+        note = ev.Error("history_gap", f"the history of {room.name} was cleared or lost "
+                                       f"since you left; here are its recent lines")
+    else:
+        lines, lost = broker.since(room, after_id, RESUME_MAX + 1)  # may wait
+        # Lines stored while we waited are in memory: take them now, in the same pass as
+        # the join below, so none falls between the replay and live delivery.
+        newest = lines[-1].id if lines else after_id
+        recent = [e for e in broker.recent(room) if getattr(e, "id", 0) > newest]
+        if recent and recent[0].id != newest + 1:
+            lost = -1  # more than memory holds arrived meanwhile
+        lines += recent
+        if lost == 0 and len(lines) <= RESUME_MAX and broker.position(room)[0] == epoch:
+            replay = lines
+        else:
+            recent_all = broker.recent(room)
+            first = next((e.id for e in recent_all if getattr(e, "id", 0)), 0)
+            missed = max(0, first - after_id - 1) if first else 0
+            note = ev.Error("history_gap", f"{missed} lines could not be recovered; here "
+                                           f"are the recent ones")
+    old = me.room if me.always_in_room else None
+    if old is room:
+        hub.part(me, room, None)
+    elif old is not None and old.key in me.rooms:
+        hub.part(me, old, ev.Left(me.name, f"to {room.name}", old.name))
+    if note is not None:
+        me.out.write(me.proto.render(note))
+    if not hub.join(me, room, replay):
+        return None
+    if replay is not None:
+        mark = ev.HistoryMark("resumed", room.name, epoch, broker.position(room)[1],
+                              len(replay))
+        me.out.write(me.proto.render(mark))  # right after the burst: before live lines
+    return room
+
+
 def part(hub: Hub, me: Session, room: Room, reason: str = "") -> None:
     """Leave ``room``: the others hear it when the room flushes, the leaver at once (after
     everything said before it left)."""

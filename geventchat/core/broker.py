@@ -59,6 +59,16 @@ class Broker(Protocol):
     def recent(self, room: Room) -> list[ev.Event]:
         """The replay for a newcomer, oldest first."""
 
+    def position(self, room: Room) -> tuple[str, int]:
+        """The room's history epoch and last stored id (after ``prepare``; never waits)."""
+
+    def since(self, room: Room, after_id: int, limit: int) -> tuple[list[ev.Event], int]:
+        """Stored lines with ids above ``after_id`` (oldest first, at most ``limit``) and
+        how many ids after ``after_id`` can no longer be had. May wait (a file's tail)."""
+
+    def last(self, room: Room, n: int) -> list[ev.Event]:
+        """The last ``n`` stored lines, oldest first. May wait."""
+
     def close_all(self, timeout: float) -> None:
         """Shutdown: flush and close every room's storage against one deadline."""
 
@@ -66,7 +76,14 @@ class Broker(Protocol):
 class HistoryStore(Protocol):
     """What the local broker needs from one room's storage (``store.history.History``)."""
 
+    epoch: str
+    last_id: int
+
     def recent(self) -> list[StoredEvent]: ...
+
+    def since(self, after_id: int, limit: int) -> tuple[list[StoredEvent], int]: ...
+
+    def last(self, n: int) -> list[StoredEvent]: ...
 
     def append(self, event: StoredEvent) -> StoredEvent | None: ...
 
@@ -148,6 +165,16 @@ class LocalBroker:
 
     def recent(self, room: Room) -> list[ev.Event]:
         return list(self._history(room).recent())
+
+    def position(self, room: Room) -> tuple[str, int]:
+        history = self._history(room)
+        return getattr(history, "epoch", ""), getattr(history, "last_id", 0)
+
+    def since(self, room: Room, after_id: int, limit: int) -> tuple[list[ev.Event], int]:
+        return self._history(room).since(after_id, limit)
+
+    def last(self, room: Room, n: int) -> list[ev.Event]:
+        return list(self._history(room).last(n))
 
     def close_all(self, timeout: float) -> None:
         self._shelf.close_all(timeout)

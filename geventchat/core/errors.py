@@ -32,6 +32,7 @@ CODES: dict[str, str] = {
     "admins_only": "permission denied: admins only",
     "too_many_rooms": "you are in too many rooms",
     "cannot_send": "cannot send to that room",
+    "history_gap": "some lines could not be recovered",
     "not_delivered": "not delivered: chat backplane unavailable",
 }
 

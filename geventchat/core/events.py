@@ -150,6 +150,19 @@ class ModeChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryMark:
+    """For programs that asked for line ids (native ``/ids``): where a room's history
+    stands. ``kind`` is ``"room"`` (sent at each join, before the replay: the room's epoch
+    and last id) or ``"resumed"`` (after a replay of exactly the ``count`` lines missed)."""
+
+    kind: str
+    room: str
+    epoch: str
+    last_id: int
+    count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Shutdown:
     """The server is stopping; every connection will be closed."""
 
@@ -186,5 +199,5 @@ STORED = {"message": Message, "action": Action, "cleared": Cleared}
 
 Event = (
     Message | Action | PrivateMessage | Joined | Left | Quit | Kicked | Killed | Topic | Renamed
-    | Cleared | ModeChanged | Shutdown | Notice | Prompt | Error
+    | Cleared | ModeChanged | HistoryMark | Shutdown | Notice | Prompt | Error
 )

@@ -324,8 +324,9 @@ class Room:
     def is_op(self, session: Session) -> bool:
         return session.is_admin or session.key in self.ops
 
-    def join(self, session: Session) -> None:
-        """Add ``session``: it reads the history and its own join; the others its join.
+    def join(self, session: Session, replay: list[ev.Event] | None = None) -> None:
+        """Add ``session``: it reads the history (``replay``, or the recent lines) and its
+        own join; the others its join.
 
         No flush here, so a thousand joins in one loop pass cost one batch per member, not
         a thousand: the newcomer skips the part of the pending batch that precedes it (those
@@ -333,7 +334,8 @@ class Room:
         """
         if session.key in self.members:
             return
-        replay = self.recent()
+        if replay is None:
+            replay = self.recent()
         joined = ev.Joined(session.name, self.name)
         if not self.members and self.key != LOBBY_NAME:
             self.ops.add(session.key)  # the first in a new room runs it
@@ -449,16 +451,18 @@ class Hub:
     def find_room(self, name: str) -> Room | None:
         return self.rooms.get(name_key(name))
 
-    def join(self, session: Session, room: Room) -> bool:
-        """Put ``session`` in ``room``; False (and nothing changes) if the session is no
-        longer registered (killed while its join was being prepared)."""
+    def join(self, session: Session, room: Room,
+             replay: list[ev.Event] | None = None) -> bool:
+        """Put ``session`` in ``room`` (showing it ``replay``, or the recent lines); False
+        (and nothing changes) if the session is no longer registered (killed while its join
+        was being prepared)."""
         if self.users.get(session.key) is not session:
             self._collect(room)
             return False
         if self.rooms.get(room.key) is not room:
             # The room was emptied and dropped while the caller prepared it: use it again.
             self.rooms[room.key] = room
-        room.join(session)
+        room.join(session, replay)
         return True
 
     def part(self, session: Session, room: Room, event: ev.Event | None) -> None:

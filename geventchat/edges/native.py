@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 
+from geventchat.core import actions
 from geventchat.core import events as ev
 from geventchat.core.errors import ChatError
 from geventchat.core.hub import Session
@@ -18,7 +19,7 @@ from geventchat.core.text import check_name, name_key
 from geventchat.edges.admission import MAX_LOGIN_FAILURES
 from geventchat.edges.base import ClientConnection, EdgeContext
 from geventchat.edges.sniff import looks_like_irc
-from geventchat.wire.native import NATIVE, TOO_LONG, LineDecoder, LineTooLong, parse
+from geventchat.wire.native import NATIVE, NATIVE_IDS, TOO_LONG, LineDecoder, LineTooLong, parse
 from geventchat.wire.native_commands import dispatch
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,8 @@ log = logging.getLogger(__name__)
 class NativeConnection(ClientConnection):
     """One native client, from the name prompt to the close."""
 
-    __slots__ = ("_pending_name", "_failures", "_authorised", "_first_line", "irc_lines")
+    __slots__ = ("_pending_name", "_failures", "_authorised", "_first_line", "irc_lines",
+                 "_ids", "_resume")
 
     protocol = "native"
 
@@ -38,6 +40,8 @@ class NativeConnection(ClientConnection):
         self._authorised = not ctx.admission.password_required
         self._first_line = True
         self.irc_lines: list[str | LineTooLong] | None = None  # set when IRC is detected
+        self._ids = False  # /ids before the name: stored lines carry their ids
+        self._resume: tuple[str, str, int] | None = None  # /resume before the name
 
     # --- hooks -----------------------------------------------------------------------
 
@@ -109,8 +113,25 @@ class NativeConnection(ClientConnection):
             self._on_server_password(line)
         elif self._pending_name is not None:
             self._on_password(line)
+        elif line.startswith("/"):
+            self._before_name(line)
         else:
             self._on_name(line)
+
+    def _before_name(self, line: str) -> None:
+        """Requests a program may make before its name (docs/PROTOCOL.md, "Resuming"):
+        ``/ids`` (show each stored line's id) and ``/resume ROOM EPOCH ID`` (land in ROOM
+        with exactly the lines stored after ID instead of the lobby's recent lines)."""
+        words = line.split()
+        if words == ["/ids"]:
+            self._ids = True
+            self.send(ev.Notice("ids on"))
+            return
+        if len(words) == 4 and words[0] == "/resume" and words[3].isdigit():
+            self._resume = (words[1], words[2], int(words[3]))
+            return
+        self.send(ev.Error("usage", "before your name: /ids, /resume ROOM EPOCH ID, or a name"))
+        self.send(ev.Prompt("name"))
 
     def _on_name(self, line: str) -> None:
         self.hub.check_admins()
@@ -170,15 +191,27 @@ class NativeConnection(ClientConnection):
     def _register(self, name: str, account: str | None) -> None:
         if self.hub.stopping:
             return
-        session = Session(name, self.out, NATIVE, self.close, account=account, addr=self.addr)
+        renderer = NATIVE_IDS if self._ids else NATIVE
+        session = Session(name, self.out, renderer, self.close, account=account,
+                          addr=self.addr)
         session.always_in_room = True
+        resume = self._resume
         try:
-            self.hub.register(session)  # re-checks the name: it may have gone meanwhile
+            # Re-checks the name: it may have gone meanwhile.
+            self.hub.register(session, join_lobby=resume is None)
         except ChatError as exc:
             self.send(exc.event())
             self.send(ev.Prompt("name"))
             return
         self.session = session
+        if resume is not None:
+            try:
+                if actions.resume(self.hub, session, *resume) is not None:
+                    return
+            except ChatError as exc:
+                self.send(exc.event())
+            if not session.rooms and self.hub.users.get(session.key) is session:
+                self.hub.join(session, self.hub.lobby)  # a native user is always somewhere
 
 
 def looks_like_irc_line(line: object) -> bool:

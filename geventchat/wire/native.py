@@ -167,6 +167,8 @@ _RENDERERS: Final = {
     ev.Cleared: lambda e: f"* history cleared by {e.by}",
     ev.ModeChanged: lambda e: f"* {e.by or 'server'} set mode {' '.join((e.modes, *e.args))} "
                               f"on {e.room}",
+    ev.HistoryMark: lambda e: (f"= room {e.room} epoch {e.epoch} last {e.last_id}"
+                               if e.kind == "room" else f"= resumed {e.room} {e.count}"),
     ev.Shutdown: lambda e: f"* server shutting down: {e.reason}",
     ev.Notice: lambda e: f"* {e.text}",
     ev.Prompt: lambda e: f"? {e.what}:",
@@ -182,32 +184,46 @@ def _total(event: object) -> str:
         return "* (an event could not be shown)"
 
 
+_STORED = (ev.Message, ev.Action, ev.Cleared)
+
+
+def _with_id(event: ev.Event) -> str:
+    """A line as programs that asked for ids see it: ``#ID `` before each stored line."""
+    line = _RENDERERS[type(event)](event)
+    return f"#{event.id} {line}" if type(event) in _STORED and event.id else line
+
+
 class NativeRenderer:
     """Renders events as native protocol lines. Stateless: one instance serves everyone,
-    and every member of a room gets the same bytes (``shared``)."""
+    and every member of a room gets the same bytes (``shared``). ``ids=True`` is the
+    variant for programs that sent ``/ids``: stored lines carry their id, and each join
+    says where the room's history stands (docs/PROTOCOL.md, "Resuming")."""
 
-    name = "native"
     shared = True
 
-    def __init__(self) -> None:
+    def __init__(self, ids: bool = False) -> None:
+        self.ids = ids
+        self.name = "native+ids" if ids else "native"
+        self._line = _with_id if ids else None
         # Rendered history replay per room, keyed by the room's history version: a crowd
         # joining at once renders it once, not once per newcomer.
         self._replays: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    @staticmethod
-    def render(event: ev.Event) -> bytes:
+    def render(self, event: ev.Event) -> bytes:
         """The event as wire bytes."""
-        return NativeRenderer.render_many([event])
+        return self.render_many([event])
 
-    @staticmethod
-    def render_many(events: list[ev.Event]) -> bytes:
+    def render_many(self, events: list[ev.Event]) -> bytes:
         """A batch of events as one buffer: what one fan-out ``send`` carries.
 
         Total: an event that can't be rendered (a bug, or a record from a damaged file)
         becomes a notice and never an exception in the middle of a fan-out."""
-        r = _RENDERERS
+        line = self._line
         try:
-            return ("\n".join([r[type(e)](e) for e in events]) + "\n").encode()
+            if line is None:
+                r = _RENDERERS
+                return ("\n".join([r[type(e)](e) for e in events]) + "\n").encode()
+            return ("\n".join([line(e) for e in events]) + "\n").encode()
         except Exception:
             return ("\n".join([_total(e) for e in events]) + "\n").encode()
 
@@ -217,24 +233,31 @@ class NativeRenderer:
     def join_burst(self, session: object, room: object, replay: list[ev.Event],
                    joined: ev.Joined) -> bytes:
         """What a newcomer reads on entering a room: the history, then its own join
-        (and the topic, when one is set)."""
+        (and the topic, when one is set). With ids, a ``= room`` line comes first."""
         lines: list[ev.Event] = [joined]
         topic = getattr(room, "topic", "")
         if topic:
             lines.append(ev.Notice(f"topic of {joined.room}: {topic}"))
-        return self._replay(room, replay) + self.render_many(lines)
+        head = b""
+        if self.ids:
+            epoch, last = room.broker.position(room)  # type: ignore[attr-defined]
+            head = self.render(ev.HistoryMark("room", joined.room, epoch or "-", last))
+        return head + self._replay(room, replay) + self.render_many(lines)
 
     def _replay(self, room: object, replay: list[ev.Event]) -> bytes:
         if not replay:
             return b""
         version = getattr(room, "version", None)
+        # The same room, history version and span of ids: a resume replays another span.
+        key = (version, len(replay), getattr(replay[0], "id", 0), getattr(replay[-1], "id", 0))
         cached = self._replays.get(room) if version is not None else None
-        if cached is not None and cached[0] == version:
+        if cached is not None and cached[0] == key:
             return cached[1]
         data = self.render_many(replay)
         if version is not None:
-            self._replays[room] = (version, data)
+            self._replays[room] = (key, data)
         return data
 
 
 NATIVE: Final = NativeRenderer()
+NATIVE_IDS: Final = NativeRenderer(ids=True)

@@ -109,6 +109,22 @@ def _topic(hub: Hub, me: Session, arg: str) -> None:
     actions.set_topic(hub, me, room, "" if arg == "-" else arg)
 
 
+def _history(hub: Hub, me: Session, arg: str) -> None:
+    if arg and not arg.isdigit():
+        raise ChatError("usage", "usage: /history [N]")
+    room = me.room
+    lines = actions.history(hub, me, room, int(arg) if arg else actions.HISTORY_DEFAULT)
+    me.send_many([ev.Notice(f"history of {room.name} ({len(lines)} lines):"), *lines,
+                  ev.Notice("end of history")])
+
+
+def _resume(hub: Hub, me: Session, arg: str) -> None:
+    words = arg.split()
+    if len(words) != 3 or not words[2].isdigit():
+        raise ChatError("usage", "usage: /resume ROOM EPOCH ID")
+    actions.resume(hub, me, words[0], words[1], int(words[2]))
+
+
 def _shutdown(hub: Hub, me: Session, arg: str) -> None:
     actions.shutdown(hub, me, arg)
 
@@ -122,6 +138,10 @@ COMMANDS: dict[str, Spec] = {
     "help": Spec(_help, "/help", "this list"),
     "join": Spec(_join, "/join ROOM", "go to ROOM (created on first join)", words=1),
     "rooms": Spec(_rooms, "/rooms", "list rooms and how many are in each"),
+    "history": Spec(_history, "/history [N]",
+                    f"the last N lines of this room (default {actions.HISTORY_DEFAULT}, "
+                    f"at most {actions.HISTORY_MAX})"),
+    "resume": Spec(_resume, "/resume ROOM EPOCH ID", "", words=3),
     "topic": Spec(_topic, "/topic [text|-]", "show or set (operators) the room's topic"),
     "quit": Spec(_quit, "/quit [reason]", "leave (also: exit)"),
     "clear": Spec(_clear, "/clear", "empty this room's history (also: clear)", admin=True),
