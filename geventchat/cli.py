@@ -96,9 +96,11 @@ def _add_connect(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("connect", help="terminal client",
                        description="Chat from this terminal (or a pipe).",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""\
-off a terminal (stdin a pipe or a file), stdin lines are chat only: the name is
---name (or, without it, the first line), passwords come from the files or variables
-below, and a refused name or password ends the client instead of asking again.
+off a terminal (stdin a pipe or a file), stdin lines are chat: passwords come only
+from the files or variables below, the name from --name (without it, the first line
+is the name, once), and a refused name or a missing or wrong password ends the
+client (exit 4 or 5) instead of asking again. On a terminal, a given password
+answers its first prompt and you are asked if it is refused.
 Terminal output starts each line with the local time (HH:MM); pipe output has none.
 
 environment:
@@ -112,7 +114,8 @@ exit codes:
   2  the server shut down
   3  you were kicked
   4  name refused (off a terminal)
-  5  a password is needed and was not given, or it was wrong (off a terminal)""")
+  5  a password is needed and was not given, or it was wrong (off a terminal),
+     or a password file can't be read""")
     p.add_argument("host", nargs="?", default="127.0.0.1",
                    help="server address (default: %(default)s)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prompt_toolkit.completion import CompleteEvent
@@ -207,3 +208,16 @@ def test_completer_and_roster() -> None:
     assert _complete("", roster) == [] and _complete("hi ", roster) == []
     roster.update("* online (3): zoe, alice, yan")
     assert roster.names() == ["alice", "yan", "zoe"]
+
+
+def test_terminal_admin_login_with_a_password_file(
+    server: ServerFactory, client: Client, uid: Uid, tmp_path: Path
+) -> None:
+    admin, password = uid("root"), uid("pw")
+    server(admins={admin: password})
+    pw_file = tmp_path / "pw"
+    pw_file.write_text(password + "\n")
+    root = _joined(client, admin, args=["--admin-password-file", str(pw_file)])
+    assert "password:" not in root.visible  # answered from the file, not asked
+    assert password not in root.visible
+    _leave(root)
