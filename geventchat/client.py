@@ -3,9 +3,13 @@
 The server does all the work (see docs/PROTOCOL.md); this client only has to be pleasant
 and predictable:
 
-* One reader thread owns the receiving side of the socket and shows every server line; the
-  main thread owns input. Blocking sockets and threads are enough for one connection, and
-  keep gevent (and its monkey-patching) out of the client.
+* One I/O thread owns the socket (reading, and writing the lines the main thread queues:
+  an ``ssl.SSLSocket`` must not be used from two threads at once) and shows every server
+  line; the main thread owns input. Threads and ``select`` are enough for one connection,
+  and keep gevent (and its monkey-patching) out of the client.
+* ``--tls`` wraps the socket with the stdlib ``ssl`` module, verified by default. A plain
+  client that hears nothing for FIRST_LINE_WAIT seconds probes for TLS with a second
+  connection, so talking plain to a TLS server fails in seconds with a hint, not a hang.
 * On a terminal, input goes through a prompt_toolkit ``PromptSession`` under
   ``patch_stdout`` so incoming lines are drawn above the prompt and never clobber what the
   user is typing. Off a terminal (a pipe, a file, a test), the client is a plain line
