@@ -110,12 +110,51 @@ def _add_serve(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def _add_connect(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("connect", help="terminal client",
-                       description="Chat from this terminal (or a pipe).")
+                       description="Chat from this terminal (or a pipe).",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""\
+off a terminal (stdin a pipe or a file), stdin lines are chat: passwords come only
+from the files or variables below, the name from --name (without it, the first line
+is the name, once), and a refused name or a missing or wrong password ends the
+client (exit 4 or 5) instead of asking again. On a terminal, a given password
+answers its first prompt and you are asked if it is refused.
+Terminal output starts each line with the local time (HH:MM); pipe output has none.
+
+environment:
+  GEVENTCHAT_SERVER_PASSWORD  server password, when --password-file is not given
+  GEVENTCHAT_ADMIN_PASSWORD   admin password, when --admin-password-file is not given
+  NO_COLOR                    no colour
+
+exit codes:
+  0  you left (/quit, exit, Ctrl-D, Ctrl-C, end of piped input)
+  1  connection lost, refused, or not set up (TLS errors included)
+  2  the server shut down
+  3  you were kicked
+  4  name refused (off a terminal)
+  5  a password is needed and was not given, or it was wrong (off a terminal),
+     or a password file can't be read""")
     p.add_argument("host", nargs="?", default="127.0.0.1",
                    help="server address (default: %(default)s)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT,
                    help="server port (default: %(default)s)")
     p.add_argument("--name", help="your name (asked for when not given)")
+    p.add_argument("--tls", action="store_true",
+                   help="connect with TLS, verifying the server's certificate against the "
+                        "system CAs and its host name")
+    trust = p.add_mutually_exclusive_group()
+    trust.add_argument("--tls-ca", type=Path, metavar="FILE",
+                       help="trust this CA or certificate file (PEM) instead of the system "
+                            "CAs; implies --tls")
+    trust.add_argument("--tls-insecure", action="store_true",
+                       help="TLS without any certificate check (warns on every start); "
+                            "implies --tls")
+    p.add_argument("--no-time", action="store_true",
+                   help="don't show the local time before each line on a terminal")
+    p.add_argument("--password-file", type=Path, metavar="FILE",
+                   help="server password: this file's first line "
+                        "(else $GEVENTCHAT_SERVER_PASSWORD)")
+    p.add_argument("--admin-password-file", type=Path, metavar="FILE",
+                   help="admin password for --name: this file's first line "
+                        "(else $GEVENTCHAT_ADMIN_PASSWORD)")
 
 
 def _add_admin(sub: argparse._SubParsersAction) -> None:
@@ -256,9 +295,27 @@ def _admin(args: argparse.Namespace) -> int:
 
 
 def _connect(args: argparse.Namespace) -> int:
-    from geventchat.client import run
+    from geventchat.client import (
+        ADMIN_PASSWORD_ENV,
+        EXIT_PASSWORD,
+        SERVER_PASSWORD_ENV,
+        Secrets,
+        TlsOptions,
+        read_secret,
+        run,
+    )
 
-    return run(args.host, args.port, args.name)
+    tls = None
+    if args.tls or args.tls_ca or args.tls_insecure:
+        tls = TlsOptions(ca=args.tls_ca, insecure=args.tls_insecure)
+    try:
+        secrets = Secrets(server=read_secret(args.password_file, SERVER_PASSWORD_ENV),
+                          admin=read_secret(args.admin_password_file, ADMIN_PASSWORD_ENV))
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"geventchat: cannot read the password file: {exc}", file=sys.stderr)
+        return EXIT_PASSWORD
+    return run(args.host, args.port, args.name, tls=tls, show_time=not args.no_time,
+               secrets=secrets)
 
 
 def main(argv: list[str] | None = None) -> int:

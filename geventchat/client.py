@@ -3,9 +3,13 @@
 The server does all the work (see docs/PROTOCOL.md); this client only has to be pleasant
 and predictable:
 
-* One reader thread owns the receiving side of the socket and shows every server line; the
-  main thread owns input. Blocking sockets and threads are enough for one connection, and
-  keep gevent (and its monkey-patching) out of the client.
+* One I/O thread owns the socket (reading, and writing the lines the main thread queues:
+  an ``ssl.SSLSocket`` must not be used from two threads at once) and shows every server
+  line; the main thread owns input. Threads and ``select`` are enough for one connection,
+  and keep gevent (and its monkey-patching) out of the client.
+* ``--tls`` wraps the socket with the stdlib ``ssl`` module, verified by default. A plain
+  client that hears nothing for FIRST_LINE_WAIT seconds probes for TLS with a second
+  connection, so talking plain to a TLS server fails in seconds with a hint, not a hang.
 * On a terminal, input goes through a prompt_toolkit ``PromptSession`` under
   ``patch_stdout`` so incoming lines are drawn above the prompt and never clobber what the
   user is typing. Off a terminal (a pipe, a file, a test), the client is a plain line
@@ -14,7 +18,13 @@ and predictable:
   rule about server lines, so they can be tested without a socket or a terminal.
 
 Exit codes tell a script what happened: 0 when the user left, 1 when the connection was
-lost (or refused), 2 when the server shut down, 3 when we were kicked.
+lost, refused or could not be set up (TLS included), 2 when the server shut down, 3 when we
+were kicked, 4 when our name was refused and 5 when a password was needed and not given, or
+wrong (the last two only off a terminal, where nobody can type another answer).
+
+Portability: the client is meant to run on Windows too. The socket side (one I/O thread,
+``select`` on sockets, a ``socketpair`` to wake it) is portable; ``PipeUi`` selects on fd 0,
+which is POSIX-only, and the tests run on Linux only.
 """
 
 from __future__ import annotations
@@ -26,14 +36,20 @@ import queue
 import re
 import select
 import socket
+import ssl
 import sys
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from prompt_toolkit.application import Application, get_app
 from prompt_toolkit.buffer import Buffer
+from prompt_toolkit.completion import CompleteEvent, Completer, Completion
+from prompt_toolkit.document import Document
 from prompt_toolkit.output import create_output
 from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.shortcuts import PromptSession
@@ -50,11 +66,26 @@ QUIT_WAIT = 3.0
 CONNECT_TIMEOUT = 10.0
 #: Seconds to wait for the reader thread to print what it still holds before exiting.
 READER_JOIN = 2.0
+#: Seconds of silence after a plain connect before we check whether the server speaks TLS:
+#: a geventchat server prompts at once, but a TLS one waits for our handshake, silently.
+FIRST_LINE_WAIT = 3.0
+#: Seconds allowed for that check's own TLS handshake.
+PROBE_TIMEOUT = 3.0
 
 EXIT_OK = 0
 EXIT_LOST = 1
 EXIT_SHUTDOWN = 2
 EXIT_KICKED = 3
+EXIT_NAME = 4
+EXIT_PASSWORD = 5
+
+#: Environment variables read for passwords when no file is given (never echoed or logged).
+SERVER_PASSWORD_ENV = "GEVENTCHAT_SERVER_PASSWORD"
+ADMIN_PASSWORD_ENV = "GEVENTCHAT_ADMIN_PASSWORD"
+
+#: The native commands, for Tab completion (docs/PROTOCOL.md, section 5).
+COMMANDS = ("/msg", "/who", "/me", "/nick", "/help", "/join", "/rooms", "/topic", "/quit",
+            "/clear", "/kick", "/shutdown", "/history")
 
 # ANSI SGR: enough for colour on any terminal, and trivially stripped by tests.
 _RESET = "\x1b[0m"
@@ -64,6 +95,8 @@ _JOINED = re.compile(r"\* (\S+) joined")
 _KICKED = re.compile(r"\* (\S+) was kicked by \S+(?:: .*)?")
 _SHUTDOWN = re.compile(r"\* server shutting down: (.*)")
 _RENAMED = re.compile(r"\* (\S+) is now known as (\S+)")
+_LEFT = re.compile(r"\* (\S+) (?:left(?: \(.*\))?|was kicked (?:from \S+ )?by \S+(?:: .*)?)")
+_ONLINE = re.compile(r"\* online \(\d+\): (.*)")
 # A chat line: a name (never a space, ``*``, ``!``, ``?``, ``(`` or ``:``), then ``: ``.
 _CHAT = re.compile(r"([^\s*!?(:]+): ")
 
@@ -205,8 +238,74 @@ def same_name(a: str | None, b: str | None) -> bool:
     return a is not None and b is not None and name_key(a.strip()) == name_key(b.strip())
 
 
+class Roster:
+    """Names of people seen around us, for Tab completion: added by join, rename and ``/who``
+    lines, removed by leave and kick lines. Written by the reader thread, read by the
+    prompt's completer; every update replaces the set at once, so readers never see it half
+    changed."""
+
+    def __init__(self) -> None:
+        self._names: dict[str, str] = {}  # name_key -> the server's spelling
+
+    def names(self) -> list[str]:
+        return sorted(self._names.values(), key=str.casefold)
+
+    def update(self, line: str) -> None:
+        """Learn from one server line (the line is shown whatever happens here)."""
+        names = dict(self._names)
+        if (who := _ONLINE.fullmatch(line)) is not None:
+            names = {name_key(n): n for n in who.group(1).split(", ") if n}
+        elif (change := renamed(line)) is not None:
+            names.pop(name_key(change[0]), None)
+            names[name_key(change[1])] = change[1]
+        elif (name := joined_name(line)) is not None:
+            names[name_key(name)] = name
+        elif (gone := _LEFT.fullmatch(line)) is not None:
+            names.pop(name_key(gone.group(1)), None)
+        else:
+            return
+        self._names = names
+
+
+class ChatCompleter(Completer):
+    """Tab completion: a command name for the first word when it starts with ``/``, and
+    otherwise the name of someone in the :class:`Roster` (case-insensitive prefix)."""
+
+    def __init__(self, names: Callable[[], Iterable[str]]) -> None:
+        self._names = names
+
+    def get_completions(
+        self, document: Document, complete_event: CompleteEvent
+    ) -> Iterator[Completion]:
+        word = document.get_word_before_cursor(WORD=True)
+        if not word:
+            return
+        if word.startswith("/") and document.text_before_cursor.lstrip() == word:
+            candidates: Iterable[str] = (c for c in COMMANDS if c.startswith(word.lower()))
+        else:
+            folded = word.casefold()
+            candidates = (n for n in self._names() if n.casefold().startswith(folded))
+        for candidate in candidates:
+            yield Completion(candidate, start_position=-len(word))
+
+
+def time_prefix(now: float | None = None) -> str:
+    """The dim ``HH:MM`` (local time) shown before each line on a terminal. Dim is not a
+    colour, so it stays under ``NO_COLOR`` (as bold does)."""
+    return f"\x1b[2m{time.strftime('%H:%M', time.localtime(now))}{_RESET} "
+
+
 class ConnectionGone(Exception):
     """The server closed the connection while the main thread was waiting on the user."""
+
+
+class GiveUp(Exception):
+    """Registration can't go on without the user (off a terminal): exit with ``code``."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 class LineSplitter:
@@ -264,47 +363,114 @@ _CLOSED_EVENT = "closed"
 
 
 class Session:
-    """One connection: the reader thread, what it learnt, and the exit code it implies."""
+    """One connection: the I/O thread, what it learnt, and the exit code it implies.
 
-    def __init__(self, sock: socket.socket, ui: Ui, colour: bool, echo_prompts: bool) -> None:
+    One thread owns the socket for reading *and* writing: an ``ssl.SSLSocket`` must not be
+    read and written from two threads at once. Lines to send are queued and the thread is
+    woken through a socketpair; the socket is non-blocking, so a TLS record that is only
+    half arrived never holds a send back.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        ui: Ui,
+        colour: bool,
+        echo_prompts: bool,
+        roster: Roster | None = None,
+    ) -> None:
         self._sock = sock
         self._ui = ui
         self._colour = colour
         self._echo_prompts = echo_prompts  # a pipe shows ``? name:``; a terminal asks itself
+        self._roster = roster if roster is not None else Roster()
         self._events: queue.Queue[str] = queue.Queue()
         self._closed = threading.Event()
-        self._reader = threading.Thread(target=self._read_loop, name="reader", daemon=True)
+        self._out = bytearray()
+        self._out_lock = threading.Lock()
+        self._stop = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._reader = threading.Thread(target=self._io_loop, name="io", daemon=True)
         self.name: str | None = None  # the name we asked for, then the one we hold
         self.registered = False
         self.user_quit = False
         self.kicked = False
         self.last_line: str | None = None  # a shutdown notice here means the server stopped
+        self.last_error: str | None = None  # the last ``! `` line, to explain a refusal
+        self.gave_up = False  # registration stopped by us (GiveUp), already explained
 
     def start(self) -> None:
-        """Start reading; lines are shown from now on."""
+        """Start the I/O thread; lines are shown from now on."""
         self._reader.start()
 
-    def _read_loop(self) -> None:
-        """Reader thread body: show every line, note what matters, wake the main thread."""
+    def _io_loop(self) -> None:
+        """I/O thread body: send what is queued, show every line received, note what
+        matters, wake the main thread when the connection ends."""
         splitter = LineSplitter()
+        sock = self._sock
         try:
-            while data := self._sock.recv(RECV_SIZE):
-                for line in splitter.feed(data):
-                    self._on_line(line)
+            sock.setblocking(False)
+            while not self._stop:
+                with self._out_lock:
+                    want_write = bool(self._out)
+                pending = getattr(sock, "pending", None)
+                if pending is not None and pending():
+                    readable = [sock]  # decrypted bytes already wait inside the TLS layer
+                else:
+                    readable, writable, _ = select.select(
+                        [sock, self._wake_r], [sock] if want_write else [], []
+                    )
+                    if self._wake_r in readable:
+                        self._wake_r.recv(4096)
+                    if writable:
+                        self._write_some()
+                if sock in readable:
+                    data = self._read_some()
+                    if data == b"":
+                        break
+                    for line in splitter.feed(data or b""):
+                        self._on_line(line)
+            else:
+                return  # finish() asked us to stop: the socket is closed there
             tail = splitter.rest()
             if tail:
                 self._on_line(tail)
-        except OSError:
+        except (OSError, ValueError):
             pass  # reset or closed under us: the same as an orderly close for the user
         finally:  # whatever happened, the main thread must learn that reading is over
             self._closed.set()
             self._events.put(_CLOSED_EVENT)
             self._ui.interrupt()
 
+    def _read_some(self) -> bytes | None:
+        """What the socket has; ``b""`` at end of stream, None when nothing is ready yet
+        (a TLS record not complete, or TLS housekeeping with no data)."""
+        try:
+            return self._sock.recv(RECV_SIZE)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            return None
+        except ssl.SSLZeroReturnError:
+            return b""
+
+    def _write_some(self) -> None:
+        """Send as much of the queue as the socket takes now."""
+        with self._out_lock:
+            chunk = bytes(self._out[:RECV_SIZE])
+        try:
+            sent = self._sock.send(chunk)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            return
+        except OSError:
+            sent = len(chunk)  # the connection is going: the reader will see the close
+        with self._out_lock:
+            del self._out[:sent]
+
     def _on_line(self, line: str) -> None:
         """Track registration, renames and kicks; show the line."""
         self.last_line = line
         kind = classify(line)
+        if kind is Kind.ERROR:
+            self.last_error = line
         if kind is Kind.PROMPT and not self.registered:
             self._events.put(line)
             if self._echo_prompts:
@@ -318,6 +484,8 @@ class Session:
 
     def _track(self, line: str) -> None:
         """Update our view of the session from a notice that concerns us."""
+        if classify(line) is Kind.NOTICE:
+            self._roster.update(line)
         if joined_name(line) and same_name(joined_name(line), self.name):
             self.name = joined_name(line)  # the server's spelling (NFKC) for the prompt
         elif (change := renamed(line)) and self.registered and same_name(change[0], self.name):
@@ -325,19 +493,28 @@ class Session:
         elif same_name(kicked_name(line), self.name) and self.registered:
             self.kicked = True
 
-    def next_event(self) -> str:
-        """Block for the next registration event; raise ConnectionGone when closed."""
-        event = self._events.get()
+    def next_event(self, timeout: float | None = None) -> str | None:
+        """Block for the next registration event (None after ``timeout`` seconds without
+        one); raise ConnectionGone when closed."""
+        try:
+            event = self._events.get(timeout=timeout)
+        except queue.Empty:
+            return None
         if event == _CLOSED_EVENT:
             raise ConnectionGone
         return event
 
     def send(self, line: str) -> None:
-        """Send one line. A failure is left to the reader, which sees the close too."""
+        """Queue one line for the I/O thread and wake it. A failure is the reader's to see."""
+        with self._out_lock:
+            self._out += line.encode("utf-8") + b"\n"
+        self._wake()
+
+    def _wake(self) -> None:
         try:
-            self._sock.sendall(line.encode("utf-8") + b"\n")
+            self._wake_w.send(b"x")
         except OSError:
-            pass
+            pass  # already woken (buffer full) or finished
 
     def submit(self, line: str) -> None:
         """Send a line typed at the chat prompt (``ask`` calls this as soon as it is
@@ -359,14 +536,13 @@ class Session:
         self._closed.wait(QUIT_WAIT)
 
     def finish(self) -> int:
-        """Close the socket, let the reader print what it holds; return the exit code."""
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._sock.close()
+        """Stop the I/O thread (it shows what it already holds), close; the exit code."""
+        self._stop = True
+        self._wake()
         if self._reader.is_alive():
             self._reader.join(READER_JOIN)
+        for sock in (self._sock, self._wake_r, self._wake_w):
+            sock.close()
         return self.exit_code()
 
     def exit_code(self) -> int:
@@ -383,22 +559,104 @@ class Session:
         return EXIT_LOST
 
 
-def _register(session: Session, ui: Ui, preset: str | None) -> bool:
-    """Answer the server's prompts until it says we joined; False if the user gave up."""
+@dataclass
+class Secrets:
+    """Passwords given ahead (``--password-file``, ``--admin-password-file`` or the
+    environment), each used for one prompt at most. Never shown, logged or stored."""
+
+    server: str | None = None
+    admin: str | None = None
+
+    def __repr__(self) -> str:  # a traceback or a debug print must not show them
+        return "Secrets(...)"
+
+
+def read_secret(path: Path | None, env_var: str) -> str | None:
+    """The first line of ``path`` if given, else ``$env_var`` if set, else None. Raises
+    OSError (or UnicodeDecodeError) for a file that can't be read."""
+    if path is not None:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().rstrip("\r\n")
+    return os.environ.get(env_var)
+
+
+def _register(
+    session: Session,
+    ui: Ui,
+    preset: str | None,
+    *,
+    interactive: bool = True,
+    secrets: Secrets | None = None,
+    silence: Callable[[], None] | None = None,
+) -> bool:
+    """Answer the server's prompts until it says we joined; False if the user gave up.
+
+    Off a terminal (``interactive`` False) stdin lines are chat, never answers: passwords
+    come from ``secrets``, the name from ``preset`` (or, without one, the first stdin line,
+    once). A refused name or password raises :class:`GiveUp` instead of asking again.
+    ``silence``, if given, runs once when the server says nothing for FIRST_LINE_WAIT
+    seconds after the connect (it may raise GiveUp).
+    """
+    secrets = secrets if secrets is not None else Secrets()
+    server_pw, admin_pw = secrets.server, secrets.admin
+    asked_stdin_for_name = False
+    last: str | None = None  # what we answered last: "name", "server" or "admin"
+    timeout = FIRST_LINE_WAIT if silence is not None else None
     while True:
-        event = session.next_event()
+        event = session.next_event(timeout)
+        if event is None:
+            timeout = None
+            if silence is not None:
+                silence()
+            continue
+        timeout = None
         if event == _JOINED_EVENT:
             return True
-        asks_name = prompt_label(event).startswith("name")
-        if asks_name and preset is not None:
-            answer: str | None = preset
-            preset = None  # only the first time: a refused name is the user's to fix
+        label = prompt_label(event)
+        why = f" ({session.last_error})" if session.last_error else ""
+        answer: str | None
+        if label.startswith("server password"):
+            if not interactive and last == "server":
+                raise GiveUp(EXIT_PASSWORD, f"wrong server password{why}")
+            if server_pw is not None:
+                answer, server_pw = server_pw, None
+            elif interactive:
+                answer = ui.ask(label, secret=True)
+            else:
+                raise GiveUp(EXIT_PASSWORD, "the server needs a password: give it with "
+                             f"--password-file FILE or {SERVER_PASSWORD_ENV}")
+            last = "server"
+        elif is_secret(event):
+            if admin_pw is not None:
+                answer, admin_pw = admin_pw, None
+            elif interactive:
+                answer = ui.ask(label, secret=True)
+            else:
+                raise GiveUp(EXIT_PASSWORD, f"{session.name} is an admin account: give its "
+                             f"password with --admin-password-file FILE or {ADMIN_PASSWORD_ENV}")
+            last = "admin"
+        elif label.startswith("name"):
+            if not interactive and last == "admin":
+                raise GiveUp(EXIT_PASSWORD, f"wrong password for {session.name}{why}")
+            if not interactive and last == "name":
+                raise GiveUp(EXIT_NAME, f"name refused: {session.name}{why}")
+            if preset is not None:
+                answer, preset = preset, None  # a refused name is the user's to fix
+            elif interactive or not asked_stdin_for_name:
+                asked_stdin_for_name = True  # off a terminal: the first line, once
+                answer = ui.ask(label)
+            else:
+                raise GiveUp(EXIT_NAME, f"name refused{why}")
+            if answer is not None:
+                session.name = answer.strip()
+            last = "name"
+        elif interactive:
+            answer = ui.ask(label, secret=False)
+            last = None
         else:
-            answer = ui.ask(prompt_label(event), secret=is_secret(event))
+            raise GiveUp(EXIT_LOST, f"unexpected prompt from the server: {event}")
         if answer is None:
             return False
-        if asks_name:
-            session.name = answer.strip()
         session.send(answer)
 
 
@@ -417,11 +675,21 @@ def _chat(session: Session, ui: Ui) -> None:
             return
 
 
-def _drive(session: Session, ui: Ui, preset: str | None) -> int:
+def _drive(
+    session: Session,
+    ui: Ui,
+    preset: str | None,
+    *,
+    interactive: bool = True,
+    secrets: Secrets | None = None,
+    silence: Callable[[], None] | None = None,
+) -> int:
     """The whole session: register, chat, leave; returns the exit code."""
     session.start()
     try:
-        if _register(session, ui, preset):
+        registered = _register(session, ui, preset, interactive=interactive,
+                                secrets=secrets, silence=silence)
+        if registered:
             _chat(session, ui)
         else:
             session.user_quit = True
@@ -432,6 +700,11 @@ def _drive(session: Session, ui: Ui, preset: str | None) -> int:
             session.user_quit = True
     except ConnectionGone:
         pass
+    except GiveUp as exc:
+        session.gave_up = True
+        session.finish()
+        print(f"geventchat: {exc.message}", file=sys.stderr, flush=True)
+        return exc.code
     return session.finish()
 
 
@@ -530,9 +803,16 @@ class TtyUi:
     Cursor position requests (CPR, ``ESC[6n``) are disabled: prompt_toolkit would otherwise
     wait on a terminal that may never answer (a pty under test, some serial consoles) and
     stall each redraw. We lose nothing that matters: CPR only sizes completion menus.
+
+    Each shown line starts with the local time (``HH:MM``, dim) unless ``show_time`` is
+    off. An accepted chat line is erased from the screen (``erase_when_done``): the
+    server's echo of it is what stays, so each line is shown once. Tab completes command
+    names and the names in ``roster``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, show_time: bool = True, roster: Roster | None = None) -> None:
+        self._show_time = show_time
+        self._completer = ChatCompleter((roster or Roster()).names)
         # The env var also covers any output prompt_toolkit might create implicitly.
         os.environ["PROMPT_TOOLKIT_NO_CPR"] = "1"
         self._output = create_output()
@@ -554,7 +834,10 @@ class TtyUi:
         """
         # raw=True keeps escapes in stray prints; server text is cleaned in ``render``.
         with patch_stdout(raw=True):
-            self._chat_session = PromptSession(output=self._output)
+            self._chat_session = PromptSession(
+                output=self._output, completer=self._completer, complete_while_typing=False,
+                erase_when_done=True,
+            )
             yield
         with self._lock:
             self._write(self._take_pending())
@@ -576,7 +859,8 @@ class TtyUi:
             if self._gone:
                 raise ConnectionGone
         session = self._chat_session
-        if session is None or not callable(label):
+        chat = session is not None and callable(label)
+        if session is None or not chat:
             session = PromptSession(output=self._output)
         submitted: list[str] = []
 
@@ -610,6 +894,8 @@ class TtyUi:
 
     def show(self, text: str) -> None:
         """Display one line (reader thread): at once, or via the running prompt's loop."""
+        if self._show_time:
+            text = time_prefix() + text
         with self._lock:
             if self._loop is None:
                 self._write([text])
@@ -681,30 +967,142 @@ def _exit_app(app: Application[str]) -> None:
         app.exit(exception=ConnectionGone())
 
 
-def run(host: str, port: int, name: str | None) -> int:
-    """Connect to a geventchat server and chat until someone leaves; return the exit code.
+@dataclass
+class TlsOptions:
+    """``--tls`` and its companions: verify against the system CAs (or ``ca``) and check
+    the host name, unless ``insecure``."""
 
-    ``name`` answers the server's first name prompt; without it the user is asked (on a
-    pipe, the first stdin line is the name). Interactive only when stdin and stdout are
-    both terminals, so ``printf 'alice\\nhi\\n' | geventchat connect`` works as a filter.
-    """
+    ca: Path | None = None
+    insecure: bool = False
+
+    def context(self) -> ssl.SSLContext:
+        """The client context; OSError or ssl.SSLError for an unusable ``ca`` file."""
+        if self.insecure:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        elif self.ca is not None:
+            ctx = ssl.create_default_context(cafile=str(self.ca))  # this file, not the system's
+        else:
+            ctx = ssl.create_default_context()
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        return ctx
+
+
+class ConnectError(Exception):
+    """The connection could not be set up; the message says why, in one line."""
+
+
+#: OpenSSL's reasons when the peer answers a ClientHello with something that is not TLS
+#: (a geventchat server without TLS sends ``? name:`` at once).
+_NOT_TLS_REASONS = frozenset(
+    {"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG",
+     "HTTP_REQUEST", "UNKNOWN_PROTOCOL", "UNEXPECTED_EOF_WHILE_READING"}
+)
+
+
+def connect(host: str, port: int, tls: TlsOptions | None) -> socket.socket:
+    """A connected socket (TLS-wrapped and verified when ``tls`` is given)."""
+    where = f"{host}:{port}"
+    if tls is not None:
+        try:
+            ctx = tls.context()
+        except (OSError, ssl.SSLError) as exc:
+            raise ConnectError(f"cannot use --tls-ca {tls.ca}: "
+                               f"{getattr(exc, 'strerror', None) or exc}") from None
     try:
         sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
     except OSError as exc:
-        print(f"cannot connect to {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_LOST
-    sock.settimeout(None)
+        raise ConnectError(f"cannot connect to {where}: {exc.strerror or exc}") from None
     # One write per line: Nagle could only hold a line back (up to a delayed-ACK timeout,
     # ~40 ms) when it follows the previous one closely, as in a paste or fast typing.
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError:
         pass  # not TCP (or not supported): nothing to tune
+    if tls is None:
+        sock.settimeout(None)
+        return sock
+    try:
+        wrapped = ctx.wrap_socket(sock, server_hostname=host)  # handshake, CONNECT_TIMEOUT
+    except ssl.SSLCertVerificationError as exc:
+        sock.close()
+        hint = " (--tls-ca FILE trusts another CA)" if tls.ca is None else ""
+        raise ConnectError(f"TLS certificate of {where} not trusted: "
+                           f"{exc.verify_message or exc.reason}{hint}") from None
+    except ssl.SSLError as exc:
+        sock.close()
+        if exc.reason in _NOT_TLS_REASONS:
+            raise ConnectError(f"the server at {where} does not speak TLS (drop --tls)") from None
+        raise ConnectError(f"TLS handshake with {where} failed: {exc.reason or exc}") from None
+    except TimeoutError:
+        sock.close()
+        raise ConnectError(f"TLS handshake with {where} timed out") from None
+    except OSError as exc:  # reset or closed during the handshake
+        sock.close()
+        raise ConnectError(f"TLS handshake with {where} failed: {exc.strerror or exc}") from None
+    wrapped.settimeout(None)
+    return wrapped
+
+
+def speaks_tls(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> bool:
+    """Whether a TLS handshake (unverified: only the protocol matters) with the server
+    gets a TLS answer. False when it answers something else or nothing in time."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw:
+            with ctx.wrap_socket(raw, server_hostname=host):
+                return True
+    except ssl.SSLError as exc:
+        return exc.reason not in _NOT_TLS_REASONS  # a TLS alert is TLS too
+    except OSError:
+        return False
+
+
+#: Printed on every start with --tls-insecure: one line, on stderr.
+INSECURE_WARNING = ("geventchat: WARNING: --tls-insecure: the server's certificate is NOT "
+                    "checked; anyone on the way can read and change this chat")
+
+
+def run(
+    host: str,
+    port: int,
+    name: str | None,
+    *,
+    tls: TlsOptions | None = None,
+    show_time: bool = True,
+    secrets: Secrets | None = None,
+) -> int:
+    """Connect to a geventchat server and chat until someone leaves; return the exit code.
+
+    ``name`` answers the server's first name prompt; without it the user is asked (on a
+    pipe, the first stdin line is the name). Interactive only when stdin and stdout are
+    both terminals, so ``printf 'alice\\nhi\\n' | geventchat connect`` works as a filter.
+    Off a terminal, stdin lines are never used as passwords (see ``_register``).
+    """
+    if tls is not None and tls.insecure:
+        print(INSECURE_WARNING, file=sys.stderr, flush=True)
+    try:
+        sock = connect(host, port, tls)
+    except ConnectError as exc:
+        print(f"geventchat: {exc}", file=sys.stderr, flush=True)
+        return EXIT_LOST
+
+    def silence() -> None:  # no prompt yet: is this a TLS server waiting for a handshake?
+        if speaks_tls(host, port):
+            raise GiveUp(EXIT_LOST, f"the server at {host}:{port} seems to speak TLS: "
+                         "try --tls")
+
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    ui: TtyUi | PipeUi = TtyUi() if interactive else PipeUi()
-    session = Session(sock, ui, colour_enabled(sys.stdout), echo_prompts=not interactive)
+    roster = Roster()
+    ui: TtyUi | PipeUi = TtyUi(show_time, roster) if interactive else PipeUi()
+    session = Session(sock, ui, colour_enabled(sys.stdout), echo_prompts=not interactive,
+                      roster=roster)
     with ui.active():
-        code = _drive(session, ui, name)
-    if code == EXIT_LOST or code == EXIT_KICKED:
+        code = _drive(session, ui, name, interactive=interactive, secrets=secrets,
+                      silence=silence if tls is None else None)
+    if not session.gave_up and code in (EXIT_LOST, EXIT_KICKED):
         print("connection closed by server", file=sys.stderr, flush=True)
     return code

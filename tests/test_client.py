@@ -53,6 +53,9 @@ if TYPE_CHECKING:  # only for annotations: tests get these objects from the fixt
     Client = Callable[..., Term]
 Uid = Callable[[str], str]
 
+#: The local time a terminal client shows before each line (dim; escapes are not visible).
+T = r"\d\d:\d\d "
+
 # --- classify and style_for --------------------------------------------------------------
 
 
@@ -540,7 +543,7 @@ def test_an_incoming_line_is_shown_at_once_even_while_typing(
         token = uid("tok")
         start = time.monotonic()
         obs.send(f"bob: {token}")
-        term.expect(rf"^bob: {re.escape(token)}$")
+        term.expect(rf"^{T}bob: {re.escape(token)}$")
         delays.append(time.monotonic() - start)
     assert statistics.median(delays) < MEDIAN_LIMIT, f"socket to screen: {_ms(delays)}"
     term.expect(rf"{re.escape(name)}>\s*{re.escape(typed)}")  # the typed text survived

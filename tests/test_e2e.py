@@ -28,6 +28,9 @@ if TYPE_CHECKING:  # only for annotations: tests get these objects from the fixt
     PipeProcess = Callable[..., subprocess.Popen[str]]
 Uid = Callable[[str], str]
 
+#: The local time a terminal client shows before each line (dim; escapes are not visible).
+T = r"\d\d:\d\d "
+
 
 def joined(term: Term, name: str) -> None:
     """Wait for our own join notice, then for the chat prompt (input is read from here)."""
@@ -53,7 +56,7 @@ def say(term: Term, name: str, text: str) -> None:
     """Send a chat line and wait for the server's echo (not our own typing, which shows
     the text too): the server has stored the line when we see it."""
     term.sendline(text)
-    term.expect(rf"^{re.escape(name)}: {re.escape(text)}$")
+    term.expect(rf"^{T}{re.escape(name)}: {re.escape(text)}$")
 
 
 # --- joining -----------------------------------------------------------------------------
@@ -108,7 +111,7 @@ def test_broadcast_reaches_all_three_including_sender(
     token = uid("tok")
     terms[1].sendline(f"hello {token}")
     for term in terms:
-        term.expect(rf"^{names[1]}: hello {token}$")
+        term.expect(rf"^{T}{names[1]}: hello {token}$")
     for term in terms:
         leave(term)
 
@@ -148,7 +151,7 @@ def test_half_typed_input_survives_an_incoming_line(
     # The incoming line is printed above the prompt, which is redrawn with the text intact.
     alice.expect(rf"{alice_name}>\s*{first}")
     alice.sendline(rest)
-    bob.expect(rf"^{alice_name}: {first}{rest}$")
+    bob.expect(rf"^{T}{alice_name}: {first}{rest}$")
     leave(bob)
     leave(alice)
 
@@ -166,11 +169,11 @@ def test_leave_notice_on_quit_and_on_dropped_connection(
     carol = enter(client, carol_name)
 
     leave(bob)
-    alice.expect(rf"^\* {bob_name} left$")
+    alice.expect(rf"^{T}\* {bob_name} left$")
 
     carol.kill(signal.SIGKILL)  # no /quit: the server only sees the connection drop
     assert carol.expect_exit() == -signal.SIGKILL
-    alice.expect(rf"^\* {carol_name} left$")
+    alice.expect(rf"^{T}\* {carol_name} left$")
     leave(alice)
 
 
@@ -186,7 +189,7 @@ def test_ctrl_d_ctrl_c_and_exit_leave_with_status_0(
         term.send(keys)
         term.expect(r"\* goodbye")
         assert term.expect_exit() == EXIT_OK, f"{keys!r}: {term.visible[-500:]}"
-        watcher.expect(rf"^\* {name} left$")
+        watcher.expect(rf"^{T}\* {name} left$")
     leave(watcher)
 
 
@@ -215,8 +218,8 @@ def test_history_for_late_joiner_and_after_restart(
     leave(alice)
 
     dave = client(dave_name)
-    dave.expect(rf"^{alice_name}: {first}$")  # the replay, oldest first...
-    dave.expect(rf"^{alice_name}: {second}$")
+    dave.expect(rf"^{T}{alice_name}: {first}$")  # the replay, oldest first...
+    dave.expect(rf"^{T}{alice_name}: {second}$")
     joined(dave, dave_name)  # ...before the join notice
 
     srv.restart()
@@ -224,8 +227,8 @@ def test_history_for_late_joiner_and_after_restart(
     assert dave.expect_exit() == EXIT_SHUTDOWN
 
     eve = client(eve_name)
-    eve.expect(rf"^{alice_name}: {first}$")
-    eve.expect(rf"^{alice_name}: {second}$")
+    eve.expect(rf"^{T}{alice_name}: {first}$")
+    eve.expect(rf"^{T}{alice_name}: {second}$")
     joined(eve, eve_name)
     leave(eve)
 
@@ -243,7 +246,7 @@ def test_clear_refused_for_non_admin_and_history_kept(
     assert "history cleared" not in alice.visible
 
     bob = client(bob_name)
-    bob.expect(rf"^{alice_name}: {token}$")
+    bob.expect(rf"^{T}{alice_name}: {token}$")
     joined(bob, bob_name)
     leave(bob)
     leave(alice)
