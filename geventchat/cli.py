@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
-import resource
 import ssl
 import sys
 from pathlib import Path
@@ -190,6 +189,10 @@ def _fit_max_clients(wanted: int) -> int:
     """Each client is a file descriptor: lift the soft limit to the hard one, and lower
     --max-clients to what it allows. Past the limit, accept() itself fails, and clients
     would hang in the backlog instead of hearing ``! server full``."""
+    try:
+        import resource  # POSIX only: the client, which imports this module, runs on Windows
+    except ImportError:
+        return wanted
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -6,7 +6,7 @@ import re
 
 from tests.helpers import LineClient
 
-IDS = re.compile(r"^#(\d+) (.*)$")
+IDS = re.compile(r"^#(\d+)@\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ (.*)$")
 ROOM = re.compile(r"^= room (\S+) epoch (\S+) last (\d+)$")
 
 
@@ -24,7 +24,7 @@ def login_ids(port: int, name: str, *before: str) -> tuple[LineClient, list[str]
 def say(c: LineClient, name: str, *lines: str) -> None:
     for text in lines:
         c.send(text)
-        c.expect(re.compile(rf"^(#\d+ )?{re.escape(name)}: {re.escape(text)}$"))
+        c.expect(re.compile(rf"^(#\S+ )?{re.escape(name)}: {re.escape(text)}$"))
 
 
 def test_history_command_shows_the_last_lines_without_ids(make_srv):
@@ -56,7 +56,7 @@ def test_ids_grow_and_each_join_says_where_the_history_stands(make_srv):
     assert [IDS.match(x).groups() for x in burst[1:3]] == [("1", "plain: one"),
                                                             ("2", "plain: two")]
     plain.send("three")
-    assert c.expect(re.compile("three$"))[-1] == "#3 plain: three"
+    assert IDS.match(c.expect(re.compile("three$"))[-1]).groups() == ("3", "plain: three")
 
 
 def test_resume_replays_exactly_what_was_missed_once(make_srv):

@@ -188,9 +188,13 @@ _STORED = (ev.Message, ev.Action, ev.Cleared)
 
 
 def _with_id(event: ev.Event) -> str:
-    """A line as programs that asked for ids see it: ``#ID `` before each stored line."""
+    """A line as programs that asked for ids see it: ``#ID@TIME `` before each stored
+    line (TIME in UTC, ``2026-12-02T06:30:00Z``: replayed lines keep the time they were
+    said)."""
     line = _RENDERERS[type(event)](event)
-    return f"#{event.id} {line}" if type(event) in _STORED and event.id else line
+    if type(event) in _STORED and event.id:
+        return f"#{event.id}@{event.time.strftime('%Y-%m-%dT%H:%M:%SZ')} {line}"
+    return line
 
 
 class NativeRenderer:
