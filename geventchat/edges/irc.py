@@ -420,7 +420,7 @@ class IrcConnection(ClientConnection):
             *self.isupport_lines(),
         ]
         self.write_lines(lines)
-        log.info("%s registered over IRC from %s", me, self.addr)
+        log.debug("%s registered over IRC from %s", me, self.addr)
         _lusers(self, IrcLine("LUSERS"))
         _motd(self, IrcLine("MOTD"))
 
