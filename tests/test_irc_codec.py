@@ -300,6 +300,16 @@ class _History:
         pass
 
 
+def _room(name: str, history: _History) -> Room:
+    """A real room over the in-process broker, with ``history`` as its store."""
+    from geventchat.core.broker import LocalBroker, SimpleShelf
+
+    broker = LocalBroker(SimpleShelf(lambda room: history))
+    room = Room(name, broker)
+    broker.open(room)
+    return room
+
+
 @pytest.fixture
 def masks():
     m = Hostmasks("irc.test")
@@ -406,7 +416,7 @@ def test_echo_renderer_is_shared_others_drop_own_lines(masks):
 def test_join_burst_through_a_real_room(masks):
     history = _History([ev.Message("bob", "old one", "dev", T0), ev.Cleared("root", "dev", T0),
                         ev.Action("alice", "was here", "dev", T0)])
-    room = Room("dev", history)
+    room = _room("dev", history)
     r = _renderer(masks, server_time=True)
     bob = _session("bob", r)
     room.join(bob)  # first in a new room: operator
@@ -430,7 +440,7 @@ def test_join_burst_through_a_real_room(masks):
 
 
 def test_join_burst_batches_history_when_negotiated(masks):
-    room = Room("dev", _History([ev.Message("bob", "old", "dev", T0)]))
+    room = _room("dev", _History([ev.Message("bob", "old", "dev", T0)]))
     alice = _session("alice", _renderer(masks, server_time=True, batch=True))
     room.join(alice)
     lines = alice.out.lines()
@@ -443,7 +453,7 @@ def test_join_burst_batches_history_when_negotiated(masks):
 
 
 def test_names_are_split_to_fit_and_mark_admins(masks):
-    room = Room("big", _History())
+    room = _room("big", _History())
     r = _renderer(masks)
     members = [_session(f"user{i:03d}-{'x' * 20}", r) for i in range(60)]
     for s in members:
