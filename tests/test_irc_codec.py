@@ -16,6 +16,7 @@ from geventchat.core.hub import Room, Session
 from geventchat.wire.irc import (
     MAX_BODY,
     Hostmasks,
+    InvalidUtf8,
     IrcDecoder,
     IrcLine,
     IrcRenderer,
@@ -224,7 +225,8 @@ class TestDecoder:
 
     def test_utf8_split_across_reads_and_invalid_bytes(self, feed):
         msgs = feed("PRIVMSG #a :żółw \xff\r\n".encode() + b"PRIVMSG #a :\xff\xfe\r\n")
-        assert [m.params[1] for m in msgs] == ["żółw ÿ", "\ufffd\ufffd"]
+        assert msgs[0].params[1] == "żółw ÿ"
+        assert msgs[1] == InvalidUtf8("PRIVMSG")  # UTF8ONLY: refused, never replaced
 
     def test_512_bytes_with_crlf_is_the_limit(self, feed):
         head = b"PRIVMSG #a :"
@@ -295,6 +297,15 @@ class _History:
 
     def flush(self, timeout=None) -> bool:
         return True
+
+
+def _room(name: str, history: _History) -> Room:
+    """A real room over ``history``, through the in-process broker."""
+    from geventchat.core.broker import LocalBroker, SimpleShelf
+
+    room = Room(name, LocalBroker(SimpleShelf(lambda _name: history)))
+    room.broker.open(room)
+    return room
 
     def close(self) -> None:
         pass
@@ -406,7 +417,7 @@ def test_echo_renderer_is_shared_others_drop_own_lines(masks):
 def test_join_burst_through_a_real_room(masks):
     history = _History([ev.Message("bob", "old one", "dev", T0), ev.Cleared("root", "dev", T0),
                         ev.Action("alice", "was here", "dev", T0)])
-    room = Room("dev", history)
+    room = _room("dev", history)
     r = _renderer(masks, server_time=True)
     bob = _session("bob", r)
     room.join(bob)  # first in a new room: operator
@@ -430,7 +441,7 @@ def test_join_burst_through_a_real_room(masks):
 
 
 def test_join_burst_batches_history_when_negotiated(masks):
-    room = Room("dev", _History([ev.Message("bob", "old", "dev", T0)]))
+    room = _room("dev", _History([ev.Message("bob", "old", "dev", T0)]))
     alice = _session("alice", _renderer(masks, server_time=True, batch=True))
     room.join(alice)
     lines = alice.out.lines()
