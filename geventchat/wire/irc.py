@@ -365,7 +365,8 @@ class IrcDecoder:
             return TOO_LONG
         if type(raw) is BadUtf8:
             msg = parse_line(raw)
-            return InvalidUtf8(word(msg.command, 32) if msg is not None else "*")
+            command = msg.command if msg is not None else ""
+            return InvalidUtf8(command if command.isascii() and command.isalnum() else "*")
         return parse_line(raw)
 
     @classmethod
