@@ -635,8 +635,10 @@ def _nick(c: IrcConnection, m: IrcLine) -> None:
         raise IrcError(irc.ERR_ERRONEUSNICKNAME, word(m.params[0]),
                        text="Erroneous nickname") from None
     me = c.session
-    if me is None and c.negotiating:
-        c.hub.check_free(new)  # an admin's name waits for SASL: checked at registration
+    if me is None and (c.negotiating or c.account is not None):
+        # An admin account's name waits for SASL (which may come first, or during CAP):
+        # the reservation is checked when registration completes.
+        c.hub.check_free(new)
     else:
         new = actions.check_new_name(c.hub, new, me)
     if me is None:
