@@ -145,7 +145,8 @@ def _invite(hub: Hub, me: Session, arg: str) -> None:
 
 
 def _rooms(hub: Hub, me: Session, arg: str) -> None:
-    rooms = hub.active_rooms()
+    rooms = [r for r in hub.active_rooms()
+             if not r.modes.secret or r.key in me.rooms or me.is_admin]  # +s: members only
     listing = ", ".join(f"{r.name} ({len(r.members)})" for r in rooms)
     me.send(ev.Notice(f"rooms ({len(rooms)}): {listing}"))
 
