@@ -125,8 +125,8 @@ def _isupport(network: str) -> list[str]:
 
 class IrcNetwork:
     """What all IRC connections of one server share: the hostmask registry, the cached
-    renderers (one per capability combination, so rooms group IRC members by them), the
-    start time (003) and first-seen times of rooms (329)."""
+    renderers (one per capability combination, so rooms group IRC members by them) and the
+    start time (003)."""
 
     def __init__(self, server_name: str) -> None:
         self.name = word(server_name, 63).replace("!", "-").replace("@", "-")
@@ -143,10 +143,6 @@ class IrcNetwork:
                 echo="echo-message" in key, batch="batch" in key,
                 multi_prefix="multi-prefix" in key, userhost="userhost-in-names" in key)
         return r
-
-    def room_created(self, room: Room) -> int:
-        """When the room was made (for 329)."""
-        return room.modes.created
 
 
 _NETWORKS: weakref.WeakKeyDictionary[object, IrcNetwork] = weakref.WeakKeyDictionary()
