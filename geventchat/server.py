@@ -33,7 +33,7 @@ from geventchat.core.text import name_key
 from geventchat.edges import sniff
 from geventchat.edges.admission import Admission
 from geventchat.edges.base import DRAIN_TIMEOUT, ClientConnection
-from geventchat.edges.irc import IrcConnection
+from geventchat.edges.irc import IrcConnection, network_for
 from geventchat.edges.native import NativeConnection
 from geventchat.edges.outbuf import Output
 from geventchat.reach import reach_lines
@@ -68,6 +68,7 @@ class ChatServer:
         self.connections: set[ClientConnection] = set()
         self.admission = Admission(hub.admins, settings.password_file, settings.max_clients,
                                    settings.max_per_ip)
+        hub.server_name = network_for(self).name  # the host users are shown with (bans)
         # A few spare greenlets over max_clients so a full server can still answer
         # "server full" instead of silently not accepting (a full Pool stops accepting).
         self._pool = Pool(settings.max_clients + 16)

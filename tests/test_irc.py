@@ -166,7 +166,8 @@ def test_shared_port_detects_cap_ls_first(srv):
     c = RawIrc(srv.port)
     c.send("CAP LS 302")
     lines = c.expect("CAP")
-    assert lines[-1].params == ("*", "LS", "batch echo-message message-tags server-time")
+    assert lines[-1].params == ("*", "LS", "batch echo-message message-tags multi-prefix "
+                                "sasl=PLAIN server-time userhost-in-names")
     c.send("NICK carl", "USER c 0 * :Carl", "CAP END")
     assert c.expect("001")[-1].params == ("carl",
                                           "Welcome to the irc.test IRC Network carl!~c@irc.test")
@@ -185,13 +186,16 @@ def test_irc_port_and_registration_burst(srv):
     burst = c.register("dana")
     codes = [m.command for m in burst]
     assert codes[:5] == ["001", "002", "003", "004", "005"]
-    assert ["251", "252", "254", "255", "422"] == codes[-5:]
+    assert ["251", "252", "254", "255", "265", "266", "422"] == codes[-7:]
     tokens = [t for m in burst if m.command == "005" for t in m.params[1:-1]]
-    for token in ("NICKLEN=32", "CHANTYPES=#", "CASEMAPPING=rfc8265", "CHANMODES=,,,t",
-                  "PREFIX=(o)@", "NETWORK=irc.test", "CHANNELLEN=33", "TOPICLEN=390",
-                  "AWAYLEN=200", "KICKLEN=255", "LINELEN=512"):
+    for token in ("NICKLEN=32", "CHANTYPES=#", "CASEMAPPING=rfc8265",
+                  "CHANMODES=beI,k,l,imnpst", "PREFIX=(ov)@+", "EXCEPTS=e", "INVEX=I",
+                  "MODES=4", "ELIST=U", "WHOX", "UTF8ONLY", "MAXLIST=beI:50",
+                  "NETWORK=irc.test", "CHANNELLEN=33", "TOPICLEN=390", "AWAYLEN=200",
+                  "KICKLEN=255", "LINELEN=512"):
         assert token in tokens
-    assert burst[3].params == ("dana", "irc.test", "geventchat-0.1.0", "io", "ot", "o")
+    assert burst[3].params == ("dana", "irc.test", "geventchat-0.1.0", "io", "beIiklmnopstv",
+                               "beIklov")
 
 
 def test_motd_file(make_srv, tmp_path):
@@ -559,15 +563,15 @@ def test_query_commands(srv):
     assert ("221", ("+",)) in got
     assert ("501", ("Unknown MODE flag",)) in got
     assert ("502", ("Can't change mode for other users",)) in got
-    assert ("324", ("#lobby", "+t")) in got
+    assert ("324", ("#lobby", "+nt")) in got
     assert ("368", ("#lobby", "End of channel ban list")) in got
     assert ("482", ("#lobby", "You're not channel operator")) in got
     assert ("472", ("z", "is unknown mode char to me")) in got
-    assert ("324", ("#q", "+")) in got
+    assert ("324", ("#q", "+n")) in got
     assert any(m.command == "MODE" and m.params == ("#q", "-t") for m in lines)
     assert ("366", ("#nowhere", "End of /NAMES list")) in got
     assert ("351", ("geventchat-0.1.0.", "irc.test", "geventchat IRC")) in got
-    assert ("704", ("JOIN", "JOIN <#chan>[,...] | 0")) in got
+    assert ("704", ("JOIN", "JOIN <#chan>[,...] [<key>[,...]] | 0")) in got
     assert ("524", ("NOPE", "No help available on this topic")) in got
     for code in ("391", "371", "315", "329", "005"):
         assert code in [m.command for m in lines]

@@ -16,6 +16,7 @@ from geventchat.core.hub import Room, Session
 from geventchat.wire.irc import (
     MAX_BODY,
     Hostmasks,
+    InvalidUtf8,
     IrcDecoder,
     IrcLine,
     IrcRenderer,
@@ -224,7 +225,8 @@ class TestDecoder:
 
     def test_utf8_split_across_reads_and_invalid_bytes(self, feed):
         msgs = feed("PRIVMSG #a :żółw \xff\r\n".encode() + b"PRIVMSG #a :\xff\xfe\r\n")
-        assert [m.params[1] for m in msgs] == ["żółw ÿ", "\ufffd\ufffd"]
+        assert msgs[0].params[1] == "żółw ÿ"
+        assert msgs[1] == InvalidUtf8("PRIVMSG")  # UTF8ONLY: refused, never replaced
 
     def test_512_bytes_with_crlf_is_the_limit(self, feed):
         head = b"PRIVMSG #a :"
@@ -295,6 +297,15 @@ class _History:
 
     def flush(self, timeout=None) -> bool:
         return True
+
+
+def _room(name: str, history: _History) -> Room:
+    """A real room over ``history``, through the in-process broker."""
+    from geventchat.core.broker import LocalBroker, SimpleShelf
+
+    room = Room(name, LocalBroker(SimpleShelf(lambda _name: history)))
+    room.broker.open(room)
+    return room
 
     def close(self) -> None:
         pass

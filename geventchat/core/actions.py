@@ -15,8 +15,10 @@ Admin actions leave an audit trail in the log: who, from where, what (never a se
 from __future__ import annotations
 
 import logging
+import time
 
 from geventchat.core import events as ev
+from geventchat.core import modes
 from geventchat.core.errors import ChatError
 from geventchat.core.hub import Hub, Room, Session
 from geventchat.core.text import check_name, name_key
@@ -65,19 +67,24 @@ def require_admin(me: Session, what: str) -> None:
 
 
 def say(hub: Hub, me: Session, room: Room, text: str, action: bool = False) -> None:
-    """A line (or a ``/me`` action) in a room the speaker is in."""
-    if room.key not in me.rooms:
-        raise ChatError("cannot_send", f"cannot send to {room.name}: you are not in it",
-                        room.name)
+    """A line (or a ``/me`` action) in a room: see :func:`check_speak` for who may."""
+    check_speak(hub, me, room)
     room.say(ev.Action(me.name, text, room.name) if action
              else ev.Message(me.name, text, room.name))
 
 
-def private_message(hub: Hub, me: Session, name: str, text: str) -> Session:
+def room_notice(hub: Hub, me: Session, room: Room, text: str) -> None:
+    """An IRC ``NOTICE`` to a room: the same rights as a line, never stored."""
+    check_speak(hub, me, room)
+    room.broker.announce(room, ev.RoomNotice(me.name, text, room.name))
+
+
+def private_message(hub: Hub, me: Session, name: str, text: str,
+                    notice: bool = False) -> Session:
     """A private line to ``name``: the target reads it, the sender sees its echo (IRC
     renders that echo only with ``echo-message``). Never stored. Returns the target."""
     target = find_user(hub, name)
-    event = ev.PrivateMessage(me.name, target.name, text)
+    event = ev.PrivateMessage(me.name, target.name, text, notice=notice)
     target.send(event)
     if target is not me:
         me.send(event)
@@ -87,10 +94,11 @@ def private_message(hub: Hub, me: Session, name: str, text: str) -> Session:
 # --- rooms -----------------------------------------------------------------------------------
 
 
-def join(hub: Hub, me: Session, name: str, max_rooms: int = 0) -> Room | None:
-    """Enter the room ``name`` (created on first join; its first member runs it). Users
-    that are always in one room (native, web) leave the one they were in. None if already
-    there, or if the session went away while the room's history was loading."""
+def join(hub: Hub, me: Session, name: str, max_rooms: int = 0, key: str = "") -> Room | None:
+    """Enter the room ``name`` (created on first join; its first member runs it) if its
+    modes let ``me`` in (:func:`check_entry`; ``key`` for ``+k``). Users that are always in
+    one room (native, web) leave the one they were in. None if already there, or if the
+    session went away while the room's history was loading."""
     room_name = check_name(name)
     room = hub.find_room(room_name)
     if room is not None and room.key in me.rooms:
@@ -98,17 +106,22 @@ def join(hub: Hub, me: Session, name: str, max_rooms: int = 0) -> Room | None:
     if max_rooms and len(me.rooms) >= max_rooms:
         raise ChatError("too_many_rooms", f"you are in too many rooms (max {max_rooms})",
                         name)
-    if room is None:
+    if room is not None:
+        check_entry(hub, me, room, key)
+    else:
         if hub.max_rooms and len(hub.rooms) >= hub.max_rooms:
             raise ChatError("too_many_rooms", f"no new rooms: the server has {hub.max_rooms} "
                                               f"rooms in use", name)
         room = hub.room(room_name)
     hub.broker.prepare(room)  # may wait for the history: outside any hub call
+    if room.members:
+        check_entry(hub, me, room, key)  # the modes may have changed while we waited
     old = me.room if me.always_in_room else None
     if old is not None and old is not room and old.key in me.rooms:
         hub.part(me, old, ev.Left(me.name, f"to {room.name}", old.name))
     if not hub.join(me, room):
         return None
+    room.modes.invited.discard(me.key)
     return room
 
 
@@ -251,6 +264,251 @@ def set_topic_lock(hub: Hub, me: Session, room: Room, locked: bool,
 def announce_modes(room: Room, by: str, modes: str, args: tuple[str, ...] = ()) -> None:
     """Tell a room about mode changes, in its order with the lines said in it."""
     room.broker.announce(room, ev.ModeChanged(room.name, by, modes, args))
+
+
+# --- room modes ------------------------------------------------------------------------------
+#
+# The lobby is special: every native user is in it (and lands in it after a kick), so it
+# can't be +i, +k or +l; a ban there keeps the user in but silent (as bans do for members
+# everywhere). Admins are operators everywhere and pass every check.
+
+#: Modes with a parameter (when set; ``b``/``e``/``I``/``o``/``v``/``k`` when unset too).
+PARAM_SET = "beIklov"
+PARAM_UNSET = "beIkov"
+
+
+def identities(hub: Hub, s: Session) -> tuple[str, ...]:
+    """What ban masks are matched against, folded: ``nick!user@<server name>`` (what
+    clients are shown) and ``nick!user@<address>``."""
+    user = str(s.extra.get("user") or s.name)
+    ip = s.addr.rsplit(":", 1)[0] if ":" in s.addr else s.addr
+    return (modes.fold(f"{s.name}!{user}@{hub.server_name}"),
+            modes.fold(f"{s.name}!{user}@{ip}"))
+
+
+def is_banned(hub: Hub, s: Session, room: Room) -> bool:
+    m = room.modes
+    if not m.bans:
+        return False
+    ids = identities(hub, s)
+    return modes.any_match(m.bans, ids) and not modes.any_match(m.excepts, ids)
+
+
+def is_voiced(s: Session, room: Room) -> bool:
+    return s.key in room.modes.voices
+
+
+def check_entry(hub: Hub, me: Session, room: Room, key: str = "") -> None:
+    """Whether ``room``'s modes let ``me`` join: ``+b`` (unless ``+e``), ``+i`` (unless
+    invited or ``+I``), ``+k``, ``+l``. An invitation also passes ``+k`` and ``+l``."""
+    if me.is_admin or room is hub.lobby:
+        return
+    m = room.modes
+    if is_banned(hub, me, room):
+        raise ChatError("banned", f"cannot join {room.name}: you are banned", room.name)
+    invited = me.key in m.invited
+    if "i" in m.flags and not invited and not modes.any_match(m.invex, identities(hub, me)):
+        raise ChatError("invite_only", f"cannot join {room.name}: it is invite-only (+i)",
+                        room.name)
+    if m.key and not invited and key != m.key:
+        raise ChatError("bad_key", f"cannot join {room.name}: wrong or missing key (+k)",
+                        room.name)
+    if m.limit and not invited and len(room.members) >= m.limit:
+        raise ChatError("room_full", f"cannot join {room.name}: it is full (+l {m.limit})",
+                        room.name)
+
+
+def check_speak(hub: Hub, me: Session, room: Room) -> None:
+    """Who may say something in ``room``: members (anyone while ``-n``), not banned ones,
+    and only voiced members and operators while ``+m``."""
+    if me.is_admin:
+        return
+    m = room.modes
+    member = room.key in me.rooms
+    if not member and "n" in m.flags:
+        raise ChatError("cannot_send", f"cannot send to {room.name}: you are not in it",
+                        room.name)
+    if room.is_op(me) or is_voiced(me, room):
+        return
+    if "m" in m.flags:
+        raise ChatError("cannot_send", f"cannot send to {room.name}: it is moderated (+m) and "
+                                       f"you have no voice", room.name)
+    if is_banned(hub, me, room):
+        raise ChatError("cannot_send", f"cannot send to {room.name}: you are banned",
+                        room.name)
+
+
+def parse_modes(spec: str, params: list[str]) -> list[tuple[str, str, str | None]]:
+    """``"+ik-o key bob"`` -> ``[("+", "i", None), ("+", "k", "key"), ("-", "o", "bob")]``:
+    IRC's mode syntax, which native ``/mode`` uses too. A mode that needs a parameter and
+    has none gets ``None`` (for ``b``/``e``/``I``: list them)."""
+    out: list[tuple[str, str, str | None]] = []
+    sign = "+"
+    params = list(params)
+    for ch in spec:
+        if ch in "+-":
+            sign = ch
+            continue
+        takes = PARAM_SET if sign == "+" else PARAM_UNSET
+        arg = params.pop(0) if ch in takes and params else None
+        out.append((sign, ch, arg))
+    return out
+
+
+def change_modes(hub: Hub, me: Session, room: Room, changes: list[tuple[str, str, str]],
+                 max_params: int = 0) -> tuple[list[tuple[str, str, str | None]],
+                                               list[ChatError]]:
+    """Apply mode changes to ``room`` (its operators, and admins), announce what changed as
+    one ``ModeChanged``, and return (applied, refusals): one bad change does not stop the
+    others, as IRC servers do. ``max_params`` bounds the changes with a parameter."""
+    require_operator(me, room)
+    applied: list[tuple[str, str, str | None]] = []
+    errors: list[ChatError] = []
+    used = 0
+    for sign, letter, arg in changes:
+        if arg is not None and letter in "beIklov":
+            used += 1
+            if max_params and used > max_params:
+                continue
+        try:
+            done = _change_one(hub, me, room, sign == "+", letter, arg)
+        except ChatError as exc:
+            errors.append(exc)
+            continue
+        if done is not False:
+            applied.append((sign, letter, done if isinstance(done, str) else None))
+    if applied:
+        text, args = mode_string(applied)
+        announce_modes(room, me.name, text, args)
+        audit.info("mode: %s (%s) set %s %s on %s", me.name, me.addr, text, " ".join(args),
+                   room.name)
+    return applied, errors
+
+
+def mode_string(applied: list[tuple[str, str, str | None]]) -> tuple[str, tuple[str, ...]]:
+    """``[("+", "i", None), ("+", "o", "bob")]`` -> ``("+io", ("bob",))``."""
+    text, last, args = "", "", []
+    for sign, letter, arg in applied:
+        if sign != last:
+            text += sign
+            last = sign
+        text += letter
+        if arg is not None:
+            args.append(arg)
+    return text, tuple(args)
+
+
+def _change_one(hub: Hub, me: Session, room: Room, give: bool, letter: str,
+                arg: str | None) -> bool | str:
+    """One change: False if nothing changed, True if it did, or the parameter to show."""
+    m = room.modes
+    lobby = room is hub.lobby
+    if letter == "t":
+        return set_topic_lock(hub, me, room, give, announce=False)
+    if letter in modes.FLAGS:
+        if lobby and give and letter == "i":
+            raise ChatError("lobby_mode", "the lobby can't be invite-only: everyone lands "
+                                          "there", room.name, letter)
+        if (letter in m.flags) == give:
+            return False
+        (m.flags.add if give else m.flags.discard)(letter)
+        return True
+    if letter in "ov":
+        if arg is None:
+            return False
+        target = find_user(hub, arg)
+        if room.key not in target.rooms:
+            raise ChatError("target_not_member", f"{target.name} is not in {room.name}",
+                            target.name, room.name)
+        group = room.ops if letter == "o" else m.voices
+        if (target.key in group) == give:
+            return False
+        (group.add if give else group.discard)(target.key)
+        return target.name
+    if letter == "k":
+        if not give:
+            if not m.key:
+                return False
+            m.key = ""
+            return "*"
+        if lobby:
+            raise ChatError("lobby_mode", "the lobby can't have a key: everyone lands there",
+                            room.name, letter)
+        key = (arg or "").strip()
+        if (not key or len(key) > modes.KEYLEN or "," in key or " " in key
+                or not key.isprintable()):
+            raise ChatError("invalid_mode_param", f"invalid key: 1-{modes.KEYLEN} printable "
+                                                  f"characters, no comma or space",
+                            room.name, letter, arg or "*")
+        m.key = key
+        return key
+    if letter == "l":
+        if not give:
+            if not m.limit:
+                return False
+            m.limit = 0
+            return True
+        if lobby:
+            raise ChatError("lobby_mode", "the lobby can't have a limit: everyone lands "
+                                          "there", room.name, letter)
+        try:
+            limit = int(arg or "")
+        except ValueError:
+            limit = 0
+        if limit <= 0:
+            raise ChatError("invalid_mode_param", "invalid limit: a positive number",
+                            room.name, letter, arg or "*")
+        m.limit = limit
+        return str(limit)
+    if letter in modes.LISTS:
+        if arg is None:
+            return False
+        entries = m.lists(letter)
+        mask = modes.normalize_mask(arg)
+        folded = modes.fold(mask)
+        if not give:
+            entry = entries.pop(folded, None)
+            return entry.mask if entry is not None else False
+        if folded in entries:
+            return False
+        if len(entries) >= modes.MAX_LIST:
+            raise ChatError("list_full", f"the +{letter} list of {room.name} is full "
+                                         f"({modes.MAX_LIST})", room.name, letter, mask)
+        entries[folded] = modes.ListEntry(mask, me.name, int(time.time()))
+        return mask
+    raise ChatError("unknown_mode", f"unknown mode: {letter}", letter)
+
+
+def mode_summary(room: Room, show_key: bool) -> tuple[str, tuple[str, ...]]:
+    """The room's modes as IRC shows them (324): ``("+klnt", ("key", "10"))``."""
+    m = room.modes
+    flags = set(m.flags) | ({"t"} if room.topic_locked else set())
+    letters = "".join(sorted(flags))
+    args: list[str] = []
+    if m.key:
+        letters += "k"
+        args.append(m.key if show_key else "*")
+    if m.limit:
+        letters += "l"
+        args.append(str(m.limit))
+    return "+" + letters, tuple(args)
+
+
+def invite(hub: Hub, me: Session, room: Room, name: str) -> Session:
+    """Invite ``name`` into ``room``: members may, operators only while ``+i``. The
+    invitation lets the target past ``+i``, ``+k`` and ``+l`` (not a ban) once."""
+    if room.key not in me.rooms and not me.is_admin:
+        raise ChatError("not_member", f"you are not in {room.name}", room.name)
+    if "i" in room.modes.flags and not room.is_op(me):
+        raise ChatError("not_operator", f"permission denied: only operators of {room.name} "
+                                        f"invite while it is invite-only", room.name)
+    target = find_user(hub, name)
+    if room.key in target.rooms:
+        raise ChatError("already_member", f"{target.name} is already in {room.name}",
+                        target.name, room.name)
+    room.modes.invited.add(target.key)
+    target.send(ev.Invited(me.name, target.name, room.name))
+    return target
 
 
 # --- identity --------------------------------------------------------------------------------

@@ -34,6 +34,15 @@ CODES: dict[str, str] = {
     "cannot_send": "cannot send to that room",
     "history_gap": "some lines could not be recovered",
     "not_delivered": "not delivered: chat backplane unavailable",
+    "unknown_mode": "unknown mode",
+    "invalid_mode_param": "invalid mode parameter",
+    "lobby_mode": "the lobby can't have that mode",
+    "list_full": "that list is full",
+    "banned": "you are banned from that room",
+    "invite_only": "that room is invite-only",
+    "room_full": "that room is full",
+    "bad_key": "wrong room key",
+    "already_member": "they are already in that room",
 }
 
 

@@ -54,6 +54,30 @@ class PrivateMessage:
     target: str
     text: str
     time: datetime = field(default_factory=now)
+    #: An IRC NOTICE: never answered automatically (IRC shows it as a notice; the native
+    #: protocol as a private line like any other).
+    notice: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RoomNotice:
+    """An IRC ``NOTICE`` to a room by ``name``: delivered like a line (native users read
+    ``name: text``), never stored, never answered automatically."""
+
+    name: str
+    text: str
+    room: str = "lobby"
+    time: datetime = field(default_factory=now)
+
+
+@dataclass(frozen=True, slots=True)
+class Invited:
+    """``by`` invited ``target`` into ``room`` (told to the target only)."""
+
+    by: str
+    target: str
+    room: str
+    time: datetime = field(default_factory=now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +222,7 @@ class Error:
 STORED = {"message": Message, "action": Action, "cleared": Cleared}
 
 Event = (
-    Message | Action | PrivateMessage | Joined | Left | Quit | Kicked | Killed | Topic | Renamed
-    | Cleared | ModeChanged | HistoryMark | Shutdown | Notice | Prompt | Error
+    Message | Action | PrivateMessage | RoomNotice | Invited | Joined | Left | Quit | Kicked
+    | Killed | Topic | Renamed | Cleared | ModeChanged | HistoryMark | Shutdown | Notice
+    | Prompt | Error
 )

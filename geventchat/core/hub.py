@@ -28,6 +28,7 @@ import gevent
 from geventchat.core import events as ev
 from geventchat.core.broker import Broker
 from geventchat.core.errors import ChatError
+from geventchat.core.modes import RoomModes
 from geventchat.core.text import name_key
 
 log = logging.getLogger(__name__)
@@ -164,6 +165,7 @@ class Room:
         self.topic_locked = True  # IRC +t: only operators set the topic
         self.members: dict[str, Session] = {}
         self.ops: set[str] = set()  # keys of room operators (admins are ops everywhere)
+        self.modes = RoomModes()  # the other channel modes (voices, bans, key...): actions
         # Members grouped by protocol so each batch is rendered once per protocol.
         self._targets: dict[Renderer, dict[str, Session]] = {}
         self._pending: list[ev.Event] = []
@@ -369,6 +371,7 @@ class Room:
         self.members.pop(session.key, None)
         self._fresh.pop(session.key, None)
         self.ops.discard(session.key)
+        self.modes.forget(session.key)
         members = self._targets.get(session.proto)
         if members is not None:
             members.pop(session.key, None)
@@ -391,6 +394,7 @@ class Room:
         if old_key in self.ops:
             self.ops.discard(old_key)
             self.ops.add(session.key)
+        self.modes.rekey(old_key, session.key)
 
     def names(self) -> list[str]:
         """Members' names, sorted; cached until the membership changes (``/who`` and
@@ -420,6 +424,10 @@ class Hub:
     one; so a hub change is atomic as seen by every other greenlet.
     """
 
+    #: The host every user is shown with (hosts are never revealed); the server sets it
+    #: from ``--server-name``. Ban masks match it as well as the user's address.
+    server_name = "geventchat"
+
     def __init__(self, broker: Broker, admins: AdminDirectory) -> None:
         self.broker = broker
         self.admins = admins
@@ -435,6 +443,7 @@ class Hub:
         self.storage_trouble: dict[str, str] = {}
         self.opers = 0  # sessions logged in as admins
         self.invisible = 0  # IRC users with mode +i
+        self.peak_users = 0  # most users at once since the start (LUSERS 265/266)
 
     # --- rooms ---------------------------------------------------------------------------
 
@@ -503,6 +512,7 @@ class Hub:
         """Make ``session`` a user and (native clients) put it in the lobby."""
         self.check_free(session.name)
         self.users[session.key] = session
+        self.peak_users = max(self.peak_users, len(self.users))
         if session.is_admin:
             self.opers += 1
             self._tell_trouble(session)

@@ -18,6 +18,7 @@ anything the client got wrong.
 
 from __future__ import annotations
 
+import base64
 import fnmatch
 import logging
 import socket
@@ -31,7 +32,7 @@ from typing import Final
 import gevent
 
 from geventchat import __version__
-from geventchat.core import actions
+from geventchat.core import actions, modes
 from geventchat.core import events as ev
 from geventchat.core.errors import ChatError
 from geventchat.core.hub import Room, Session
@@ -47,6 +48,7 @@ from geventchat.edges.outbuf import Output
 from geventchat.wire import irc
 from geventchat.wire.irc import (
     Hostmasks,
+    InvalidUtf8,
     IrcDecoder,
     IrcError,
     IrcLine,
@@ -87,14 +89,22 @@ USERLEN = 10
 MAX_MODES = 4
 
 #: Capabilities offered to ``CAP LS``. ``message-tags`` lets clients send tags (we accept
-#: and ignore client-only tags and TAGMSG); ``batch`` wraps history replays.
-CAPS: Final = ("batch", "echo-message", "message-tags", "server-time")
+#: and ignore client-only tags and TAGMSG); ``batch`` wraps history replays; ``sasl``
+#: (``PLAIN``) logs admins in before registration.
+CAPS: Final = ("batch", "echo-message", "message-tags", "multi-prefix", "sasl",
+               "server-time", "userhost-in-names")
 #: The ones that change how events are rendered: fixed once registered (see _cap_req).
-RENDER_CAPS: Final = frozenset({"batch", "echo-message", "server-time"})
+RENDER_CAPS: Final = frozenset({"batch", "echo-message", "multi-prefix", "server-time",
+                                "userhost-in-names"})
+#: Values shown to ``CAP LS 302`` clients.
+CAP_VALUES: Final = {"sasl": "PLAIN"}
 
 VERSION: Final = f"geventchat-{__version__}"
 USER_MODES: Final = "io"
-CHANNEL_MODES: Final = "ot"
+CHANNEL_MODES: Final = modes.ALL
+CHANNEL_PARAM_MODES: Final = "beIklov"
+#: Longest SASL exchange (base64, in 400-byte AUTHENTICATE chunks) we accept.
+SASL_MAX: Final = 1600
 
 
 def _isupport(network: str) -> list[str]:
@@ -106,12 +116,13 @@ def _isupport(network: str) -> list[str]:
     think a nick free that the server refuses (433), never the reverse. See docs/IRC.md."""
     return [
         f"AWAYLEN={AWAYLEN}", "CASEMAPPING=rfc8265", f"CHANLIMIT=#:{MAX_CHANNELS}",
-        "CHANMODES=,,,t", "CHANNELLEN=33", "CHANTYPES=#", f"KICKLEN={KICKLEN}",
-        "LINELEN=512", f"MODES={MAX_MODES}", f"NETWORK={network}", "NICKLEN=32",
-        "PREFIX=(o)@",
+        f"CHANMODES={modes.CHANMODES}", "CHANNELLEN=33", "CHANTYPES=#", "ELIST=U",
+        "EXCEPTS=e", "INVEX=I", f"KEYLEN={modes.KEYLEN}", f"KICKLEN={KICKLEN}",
+        "LINELEN=512", f"MAXLIST=beI:{modes.MAX_LIST}", f"MODES={MAX_MODES}",
+        f"NETWORK={network}", "NICKLEN=32", "PREFIX=(ov)@+", "SAFELIST",
         f"TARGMAX=JOIN:,KICK:{MAX_TARGETS},NAMES:,NOTICE:{MAX_TARGETS},PART:,"
-        f"PRIVMSG:{MAX_TARGETS},WHOIS:1",
-        f"TOPICLEN={TOPICLEN}", f"USERLEN={USERLEN}", "UTF8ONLY",
+        f"PRIVMSG:{MAX_TARGETS},WHO:,WHOIS:1",
+        f"TOPICLEN={TOPICLEN}", f"USERLEN={USERLEN}", "UTF8ONLY", "WHOX",
     ]
 
 
@@ -120,15 +131,14 @@ def _isupport(network: str) -> list[str]:
 
 class IrcNetwork:
     """What all IRC connections of one server share: the hostmask registry, the cached
-    renderers (one per capability combination, so rooms group IRC members by them), the
-    start time (003) and first-seen times of rooms (329)."""
+    renderers (one per capability combination, so rooms group IRC members by them) and the
+    start time (003)."""
 
     def __init__(self, server_name: str) -> None:
         self.name = word(server_name, 63).replace("!", "-").replace("@", "-")
         self.masks = Hostmasks(self.name)
         self.started = datetime.now(UTC)
         self._renderers: dict[frozenset[str], IrcRenderer] = {}
-        self._room_times: weakref.WeakKeyDictionary[Room, int] = weakref.WeakKeyDictionary()
 
     def renderer(self, caps: frozenset[str] | set[str]) -> IrcRenderer:
         key = frozenset(caps) & RENDER_CAPS
@@ -136,12 +146,9 @@ class IrcNetwork:
         if r is None:
             r = self._renderers[key] = IrcRenderer(
                 self.name, self.masks, server_time="server-time" in key,
-                echo="echo-message" in key, batch="batch" in key)
+                echo="echo-message" in key, batch="batch" in key,
+                multi_prefix="multi-prefix" in key, userhost="userhost-in-names" in key)
         return r
-
-    def room_created(self, room: Room) -> int:
-        """When IRC first saw ``room`` (the hub keeps no creation time): for 329."""
-        return self._room_times.setdefault(room, int(time.time()))
 
 
 _NETWORKS: weakref.WeakKeyDictionary[object, IrcNetwork] = weakref.WeakKeyDictionary()
@@ -172,22 +179,30 @@ class IrcSession(Session):
 
 
 #: Action refusals (``ChatError`` codes) as numerics: (numeric, text, how many of the
-#: error's params to use, whether the first is a room shown as a channel).
+#: error's params to use, which of them is a room shown as a channel, or -1).
 _NUMERICS: Final = {
-    "no_such_user": (irc.ERR_NOSUCHNICK, "No such nick/channel", 1, False),
-    "no_such_room": (irc.ERR_NOSUCHCHANNEL, "No such channel", 1, True),
-    "not_member": (irc.ERR_NOTONCHANNEL, "You're not on that channel", 1, True),
-    "target_not_member": (irc.ERR_USERNOTINCHANNEL, "They aren't on that channel", 2, False),
-    "not_operator": (irc.ERR_CHANOPRIVSNEEDED, "You're not channel operator", 1, True),
+    "no_such_user": (irc.ERR_NOSUCHNICK, "No such nick/channel", 1, -1),
+    "no_such_room": (irc.ERR_NOSUCHCHANNEL, "No such channel", 1, 0),
+    "not_member": (irc.ERR_NOTONCHANNEL, "You're not on that channel", 1, 0),
+    "target_not_member": (irc.ERR_USERNOTINCHANNEL, "They aren't on that channel", 2, 1),
+    "not_operator": (irc.ERR_CHANOPRIVSNEEDED, "You're not channel operator", 1, 0),
     "admins_only": (irc.ERR_NOPRIVILEGES, "Permission Denied- You're not an IRC operator",
-                    0, False),
+                    0, -1),
     "too_many_rooms": (irc.ERR_TOOMANYCHANNELS, "You have joined too many channels", 1,
-                       False),
-    "cannot_send": (irc.ERR_CANNOTSENDTOCHAN, "Cannot send to channel", 1, True),
-    "name_taken": (irc.ERR_NICKNAMEINUSE, "Nickname is already in use", 1, False),
+                       -1),
+    "cannot_send": (irc.ERR_CANNOTSENDTOCHAN, "Cannot send to channel", 1, 0),
+    "name_taken": (irc.ERR_NICKNAMEINUSE, "Nickname is already in use", 1, -1),
     "reserved_name": (irc.ERR_ERRONEUSNICKNAME, "Reserved for an admin account; use OPER", 1,
-                      False),
-    "invalid_name": (irc.ERR_ERRONEUSNICKNAME, "Erroneous nickname", 1, False),
+                      -1),
+    "invalid_name": (irc.ERR_ERRONEUSNICKNAME, "Erroneous nickname", 1, -1),
+    "unknown_mode": (irc.ERR_UNKNOWNMODE, "is unknown mode char to me", 1, -1),
+    "banned": (irc.ERR_BANNEDFROMCHAN, "Cannot join channel (+b)", 1, 0),
+    "invite_only": (irc.ERR_INVITEONLYCHAN, "Cannot join channel (+i)", 1, 0),
+    "room_full": (irc.ERR_CHANNELISFULL, "Cannot join channel (+l)", 1, 0),
+    "bad_key": (irc.ERR_BADCHANNELKEY, "Cannot join channel (+k)", 1, 0),
+    "already_member": (irc.ERR_USERONCHANNEL, "is already on channel", 2, 1),
+    "list_full": (irc.ERR_BANLISTFULL, "Channel list is full", 2, 0),
+    "invalid_mode_param": (irc.ERR_INVALIDMODEPARAM, "", 3, 0),
 }
 
 
@@ -196,13 +211,11 @@ def irc_error(exc: ChatError) -> IrcError | None:
     spec = _NUMERICS.get(exc.code)
     if spec is None or len(exc.params) < spec[2]:
         return None
-    code, text, count, is_room = spec
+    code, text, count, room_at = spec
     params = [word(p) for p in exc.params[:count]]
-    if count == 2:  # (nick, room)
-        params[1] = channel(exc.params[1])
-    elif is_room and params:
-        params[0] = channel(exc.params[0])
-    return IrcError(code, *params, text=text)
+    if room_at >= 0:
+        params[room_at] = channel(exc.params[room_at])
+    return IrcError(code, *params, text=text or exc.text)
 
 
 # --- the connection --------------------------------------------------------------------------
@@ -226,6 +239,9 @@ class IrcConnection(ClientConnection):
         self.caps: set[str] = set()
         self.negotiating = False  # CAP LS/REQ seen: registration waits for CAP END
         self.password: str | None = None  # PASS, checked (and counted) at registration
+        self.cap_version = 0  # 302 from CAP LS 302: capability values are shown
+        self.account: str | None = None  # admin account logged in with SASL
+        self.sasl: str | None = None  # SASL exchange under way: the buffered payload
         self._error_sent = False
         self._mask: str | None = None
         self.last_command = self.created
@@ -246,9 +262,15 @@ class IrcConnection(ClientConnection):
         self.last_active = time.monotonic()
         self._ping_sent = None  # anything at all proves the peer alive
 
-    def on_line(self, msg: IrcLine | LineTooLong) -> None:
+    def on_line(self, msg: IrcLine | LineTooLong | InvalidUtf8) -> None:
         if msg is TOO_LONG:
             self.reply(irc.ERR_INPUTTOOLONG, text="Input line was too long")
+            return
+        if isinstance(msg, InvalidUtf8):
+            # UTF8ONLY: refused as ergo does, never relayed with replacement characters.
+            self.write_lines([format_line("FAIL", msg.command, "INVALID_UTF8",
+                                          trailing="Message rejected for containing "
+                                                   "invalid UTF-8", source=self.net.name)])
             return
         self._dispatch(msg)
 
@@ -391,8 +413,16 @@ class IrcConnection(ClientConnection):
         if self.hub.stopping:
             self.close("server shutting down")
             return
+        if self.account is None or name_key(self.nick) != self.account:
+            try:  # deferred while CAP was negotiated: SASL may have logged in as it
+                actions.check_new_name(self.hub, self.nick)
+            except ChatError as exc:
+                self.chat_error(exc)
+                self.nick = None
+                return
         renderer = self.net.renderer(self.caps)
-        session = IrcSession(self.nick, self.out, renderer, self.close, addr=self.addr)
+        session = IrcSession(self.nick, self.out, renderer, self.close, addr=self.addr,
+                             account=self.account)
         session.conn = self
         session.extra = {"user": self.user, "realname": self.realname, "away": "",
                          "modes": set()}
@@ -405,6 +435,11 @@ class IrcConnection(ClientConnection):
         self.session, self.renderer = session, renderer
         self._mask = self.net.masks.add(session.name, self.user, self.net.name)
         self._welcome()
+        if session.is_admin:
+            actions.audit.info("admin: %s (%s) logged in with SASL as admin %s",
+                               session.name, session.addr, session.account)
+            self.write_lines([format_line("MODE", session.name, trailing="+o",
+                                          source=self.net.name)])
 
     def _welcome(self) -> None:
         me = self.target()
@@ -416,7 +451,8 @@ class IrcConnection(ClientConnection):
             self.numeric(irc.RPL_YOURHOST,
                          text=f"Your host is {net}, running version {VERSION}"),
             self.numeric(irc.RPL_CREATED, text=f"This server was created {started}"),
-            self.numeric(irc.RPL_MYINFO, net, VERSION, USER_MODES, CHANNEL_MODES, "o"),
+            self.numeric(irc.RPL_MYINFO, net, VERSION, USER_MODES, CHANNEL_MODES,
+                         CHANNEL_PARAM_MODES),
             *self.isupport_lines(),
         ]
         self.write_lines(lines)
@@ -489,7 +525,11 @@ def _cap(c: IrcConnection, m: IrcLine) -> None:
     sub = m.params[0].upper()
     if sub == "LS":
         c.negotiating = c.session is None
-        c.write_lines([format_line("CAP", c.target(), "LS", trailing=" ".join(CAPS),
+        if m.param(1).isdigit() and int(m.param(1)) >= 302:
+            c.cap_version = 302
+        offered = [f"{cap}={CAP_VALUES[cap]}" if c.cap_version >= 302 and cap in CAP_VALUES
+                   else cap for cap in CAPS]
+        c.write_lines([format_line("CAP", c.target(), "LS", trailing=" ".join(offered),
                                     source=c.net.name)])
     elif sub == "LIST":
         c.write_lines([format_line("CAP", c.target(), "LIST",
@@ -526,6 +566,68 @@ def _cap_req(c: IrcConnection, requested: str) -> None:
                                 trailing=requested, source=c.net.name)])
 
 
+def _authenticate(c: IrcConnection, m: IrcLine) -> None:
+    """SASL PLAIN against the admin accounts, before registration (IRCv3 sasl-3.1): the
+    same check and per-address failure count as OPER and the native admin prompt."""
+    arg = m.params[0]
+    if c.session is not None or c.account is not None:
+        raise IrcError(irc.ERR_SASLALREADY, text="You have already authenticated"
+                       if c.account is not None else "SASL is only available before "
+                                                    "registration")
+    if "sasl" not in c.caps:
+        raise IrcError(irc.ERR_SASLFAIL, text="SASL authentication failed: request the "
+                                              "sasl capability first")
+    if arg == "*":
+        c.sasl = None
+        raise IrcError(irc.ERR_SASLABORTED, text="SASL authentication aborted")
+    if c.sasl is None:
+        if arg.upper() != "PLAIN":
+            c.reply(irc.RPL_SASLMECHS, "PLAIN", text="are available SASL mechanisms")
+            raise IrcError(irc.ERR_SASLFAIL, text="SASL authentication failed")
+        c.sasl = ""
+        c.write_lines([format_line("AUTHENTICATE", "+")])
+        return
+    if arg != "+":
+        c.sasl += arg
+    if len(c.sasl) > SASL_MAX:
+        c.sasl = None
+        raise IrcError(irc.ERR_SASLTOOLONG, text="SASL message too long")
+    if len(arg) == 400:
+        return  # a full chunk: more follows
+    payload, c.sasl = c.sasl, None
+    _sasl_plain(c, payload)
+
+
+def _sasl_plain(c: IrcConnection, payload: str) -> None:
+    failed = IrcError(irc.ERR_SASLFAIL, text="SASL authentication failed")
+    try:
+        authzid, authcid, password = base64.b64decode(payload, validate=True) \
+            .decode("utf-8").split("\0")
+    except (ValueError, UnicodeDecodeError):
+        raise failed from None
+    if authzid and name_key(authzid) != name_key(authcid):
+        raise failed
+    try:
+        name = check_name(authcid)
+    except ChatError:
+        name = authcid[:64]  # still counted as a failure: no admin has that name
+    try:
+        ok = c.ctx.admission.admin_login(c.addr_ip, name, password)  # blocks this greenlet
+    except ChatError:
+        raise IrcError(irc.ERR_SASLFAIL,
+                       text="Too many failed attempts; try again later") from None
+    if c.closing is not None or c.session is not None:
+        return  # went away (or registered) while the hash was computed
+    if not ok:
+        log.warning("failed SASL login for %s from %s", word(authcid), c.addr)
+        raise failed
+    c.account = name_key(name)
+    nick = c.nick or "*"
+    c.reply(irc.RPL_LOGGEDIN, f"{nick}!{c.user or '*'}@{c.net.name}", name,
+            text=f"You are now logged in as {name}")
+    c.reply(irc.RPL_SASLSUCCESS, text="SASL authentication successful")
+
+
 def _nick(c: IrcConnection, m: IrcLine) -> None:
     if not m.param(0):
         raise IrcError(irc.ERR_NONICKNAMEGIVEN, text="No nickname given")
@@ -536,7 +638,12 @@ def _nick(c: IrcConnection, m: IrcLine) -> None:
                        text="Erroneous nickname") from None
     me = c.session
     c.hub.check_admins()
-    new = actions.check_new_name(c.hub, new, me)
+    if me is None and (c.negotiating or c.account is not None):
+        # An admin account's name waits for SASL (which may come first, or during CAP):
+        # the reservation is checked when registration completes.
+        c.hub.check_free(new)
+    else:
+        new = actions.check_new_name(c.hub, new, me)
     if me is None:
         c.nick = new
         c.try_register()
@@ -549,6 +656,8 @@ def _nick(c: IrcConnection, m: IrcLine) -> None:
 def _user(c: IrcConnection, m: IrcLine) -> None:
     if c.session is not None or c.user is not None:
         raise IrcError(irc.ERR_ALREADYREGISTERED, text="You may not reregister")
+    if not m.params[3].strip():
+        raise IrcError(irc.ERR_NEEDMOREPARAMS, "USER", text="Not enough parameters")
     ident = "".join(ch for ch in m.params[0] if ch.isascii() and (ch.isalnum() or ch in "_.-"))
     c.user = "~" + (ident[:USERLEN - 1] or "user")
     c.realname = fit_bytes(clean(m.params[3]), 100)
@@ -581,8 +690,9 @@ def _notice(c: IrcConnection, m: IrcLine) -> None:
 
 
 def _message(c: IrcConnection, m: IrcLine, notice: bool) -> None:
-    """PRIVMSG and NOTICE to channels and nicks. A NOTICE is delivered as an ordinary
-    message (the native side has no such thing) and never answered, errors included."""
+    """PRIVMSG and NOTICE to channels and nicks. A NOTICE reaches IRC users as a NOTICE
+    (native users read it as a line), is never stored and never answered, errors
+    included."""
     if not m.param(0):
         raise IrcError(irc.ERR_NORECIPIENT, text=f"No recipient given ({m.command})")
     if not m.param(1):
@@ -611,12 +721,16 @@ def _deliver(c: IrcConnection, target: str, text: str, notice: bool) -> None:
         return  # empty after hygiene: ignored, as natively
     me = c.me
     if target.startswith("#"):
-        actions.say(c.hub, me, c.room(target), text, action=action)
+        room = c.room(target)
+        if notice and not action:
+            actions.room_notice(c.hub, me, room, text)
+        else:
+            actions.say(c.hub, me, room, text, action=action)
         return
     if action:
         text = f"* {me.name} {text}"  # private messages have no /me: keep it readable
     try:
-        peer = actions.private_message(c.hub, me, target, text)
+        peer = actions.private_message(c.hub, me, target, text, notice=notice and not action)
     except ChatError as exc:
         raise irc_error(exc) or IrcError(irc.ERR_NOSUCHNICK, word(target),
                                          text="No such nick/channel") from None
@@ -630,23 +744,24 @@ def _join(c: IrcConnection, m: IrcLine) -> None:
         for room in list(c.me.rooms.values()):
             _leave(c, room, "")
         return
-    for name in m.params[0].split(","):
+    keys = m.param(1).split(",")
+    for i, name in enumerate(m.params[0].split(",")):
         try:
-            _join_one(c, name)
+            _join_one(c, name, keys[i] if i < len(keys) else "")
         except IrcError as exc:
             c.reply(exc.code, *exc.params, text=exc.text)
+        except ChatError as exc:
+            c.chat_error(exc)
 
 
-def _join_one(c: IrcConnection, name: str) -> None:
+def _join_one(c: IrcConnection, name: str, key: str = "") -> None:
     try:
         if not name.startswith("#"):
             raise ChatError("invalid_name")
         room_name = check_name(name[1:])
     except ChatError:
         raise IrcError(irc.ERR_NOSUCHCHANNEL, word(name), text="No such channel") from None
-    room = actions.join(c.hub, c.me, room_name, max_rooms=MAX_CHANNELS)
-    if room is not None:
-        c.net.room_created(room)
+    actions.join(c.hub, c.me, room_name, max_rooms=MAX_CHANNELS, key=key)
 
 
 def _part(c: IrcConnection, m: IrcLine) -> None:
@@ -664,16 +779,23 @@ def _leave(c: IrcConnection, room: Room, reason: str) -> None:
     actions.part(c.hub, c.me, room, reason)
 
 
+def _visible_room(c: IrcConnection, room: Room) -> bool:
+    """Whether this client may know of ``room``: secret (+s) rooms only for members."""
+    return not room.modes.secret or room.key in c.me.rooms or c.me.is_admin
+
+
 def _names(c: IrcConnection, m: IrcLine) -> None:
     if not m.param(0):
         c.reply(irc.RPL_ENDOFNAMES, "*", text="End of /NAMES list")
         return
+    lines: list[str] = []
     for name in m.params[0].split(","):
         room = c.hub.find_room(name[1:]) if name.startswith("#") else None
-        if room is None:
-            c.reply(irc.RPL_ENDOFNAMES, word(name), text="End of /NAMES list")
+        if room is None or not _visible_room(c, room):
+            lines.append(c.numeric(irc.RPL_ENDOFNAMES, word(name), text="End of /NAMES list"))
         else:
-            c.write_lines(c.renderer.names(c.target(), room))
+            lines += c.renderer.names(c.target(), room, c.me)
+    c.write_lines(lines)
 
 
 def _topic(c: IrcConnection, m: IrcLine) -> None:
@@ -690,13 +812,19 @@ def _topic(c: IrcConnection, m: IrcLine) -> None:
 
 
 def _kick(c: IrcConnection, m: IrcLine) -> None:
-    room = c.room(m.params[0])
-    actions.require_operator(c.me, room)
+    """``KICK #a nick[,nick]`` or, pairwise, ``KICK #a,#b nick1,nick2`` (RFC 2812)."""
+    chans = m.params[0].split(",")
+    nicks = m.params[1].split(",")[:MAX_TARGETS]
+    if len(chans) > 1 and len(chans) != len(nicks):
+        raise IrcError(irc.ERR_NEEDMOREPARAMS, "KICK", text="Not enough parameters")
     # Some clients send the reason's words as separate parameters (no colon): join them.
     reason = fit_bytes(clean(" ".join(m.params[2:])).strip(), KICKLEN)
-    for nick in m.params[1].split(",")[:MAX_TARGETS]:
+    for i, nick in enumerate(nicks):
         try:
+            room = c.room(chans[i] if len(chans) > 1 else chans[0])
             actions.kick(c.hub, c.me, room, nick, reason)
+        except IrcError as exc:
+            c.reply(exc.code, *exc.params, text=exc.text)
         except ChatError as exc:
             c.chat_error(exc)
 
@@ -746,83 +874,122 @@ def _apply_user_modes(c: IrcConnection, me: IrcSession, modes: set[str], spec: s
     return "".join(done)
 
 
+_LIST_REPLIES: Final = {
+    "b": (irc.RPL_BANLIST, irc.RPL_ENDOFBANLIST, "End of channel ban list"),
+    "e": (irc.RPL_EXCEPTLIST, irc.RPL_ENDOFEXCEPTLIST, "End of channel exception list"),
+    "I": (irc.RPL_INVEXLIST, irc.RPL_ENDOFINVEXLIST, "End of channel invite list"),
+}
+
+
 def _channel_mode(c: IrcConnection, m: IrcLine) -> None:
+    """Query (324, 329), list queries (``b``/``e``/``I``), or changes through
+    :func:`actions.change_modes`: 472 per unknown letter, one MODE line for what changed."""
     room = c.room(m.params[0])
+    if not _visible_room(c, room):
+        raise IrcError(irc.ERR_NOSUCHCHANNEL, word(m.params[0]), text="No such channel")
     chan = channel(room.name)
+    me = c.me
     if len(m.params) < 2:
-        c.reply(irc.RPL_CHANNELMODEIS, chan, "+t" if room.topic_locked else "+")
-        c.reply(irc.RPL_CREATIONTIME, chan, str(c.net.room_created(room)))
+        letters, args = actions.mode_summary(room, room.key in me.rooms or me.is_admin)
+        c.write_lines([c.numeric(irc.RPL_CHANNELMODEIS, chan, letters, *args),
+                       c.numeric(irc.RPL_CREATIONTIME, chan, str(room.modes.created))])
         return
-    if m.params[1].lstrip("+") == "b" and len(m.params) == 2:
-        c.reply(irc.RPL_ENDOFBANLIST, chan, text="End of channel ban list")  # we have no bans
-        return
-    actions.require_operator(c.me, room)
-    changes, args = _apply_channel_modes(c, room, m.params[1], list(m.params[2:]))
-    if changes:
-        actions.announce_modes(room, c.me.name, changes, tuple(args))
-
-
-def _apply_channel_modes(c: IrcConnection, room: Room, spec: str,
-                         params: list[str]) -> tuple[str, list[str]]:
-    """``+t``/``-t`` (topic lock) and ``+o``/``-o NICK`` (room operator). Unknown letters
-    get 472 each; at most MAX_MODES parameters are used."""
-    sign, done, args, used = "+", "", [], 0
-    last = ""
-    for ch in spec:
-        if ch in "+-":
-            sign = ch
-            continue
-        if ch == "t":
-            if actions.set_topic_lock(c.hub, c.me, room, sign == "+", announce=False):
-                done += (sign if last != sign else "") + "t"
-                last = sign
-        elif ch == "o":
-            if not params or used >= MAX_MODES:
-                continue
-            used += 1
-            try:
-                target = actions.set_op(c.hub, c.me, room, params.pop(0), sign == "+",
-                                        announce=False)
-            except ChatError as exc:
-                c.chat_error(exc)
-                continue
-            done += (sign if last != sign else "") + "o"
-            last = sign
-            args.append(target.name)
+    changes = actions.parse_modes(m.params[1], list(m.params[2:]))
+    wanted: list[tuple[str, str, str]] = []
+    for sign, letter, arg in changes:
+        if letter not in CHANNEL_MODES:
+            c.reply(irc.ERR_UNKNOWNMODE, word(letter), text="is unknown mode char to me")
+        elif letter in modes.LISTS and arg is None:
+            _mode_list(c, room, letter)
+        elif arg is None and (letter in "ov" or (sign == "+" and letter in "kl")):
+            continue  # a parameter mode without its parameter: ignored, as ircds do
         else:
-            c.reply(irc.ERR_UNKNOWNMODE, word(ch), text="is unknown mode char to me")
-    return done, args
+            wanted.append((sign, letter, arg))
+    if wanted:
+        _, errors = actions.change_modes(c.hub, me, room, wanted, max_params=MAX_MODES)
+        for exc in errors:
+            c.chat_error(exc)
 
 
-def _who_line(c: IrcConnection, s: Session, chan: str, room: Room | None) -> str:
+def _mode_list(c: IrcConnection, room: Room, letter: str) -> None:
+    code, end, text = _LIST_REPLIES[letter]
+    chan = channel(room.name)
+    lines = [c.numeric(code, chan, e.mask, e.by or c.net.name, str(e.at))
+             for e in room.modes.lists(letter).values()]
+    lines.append(c.numeric(end, chan, text=text))
+    c.write_lines(lines)
+
+
+def _invite(c: IrcConnection, m: IrcLine) -> None:
+    target = c.find_user(m.params[0])
+    room = c.room(m.params[1])
+    actions.invite(c.hub, c.me, room, target.name)
+    c.reply(irc.RPL_INVITING, target.name, channel(room.name))
+    away = target.extra.get("away")
+    if away:
+        c.reply(irc.RPL_AWAY, target.name, text=str(away))
+
+
+def _invisible(s: Session) -> bool:
+    return "i" in s.extra.get("modes", ())
+
+
+#: WHOX fields in the order replies carry them (ircv3 / ircu ``%tcuihsnfdlaor``).
+WHOX_ORDER: Final = "tcuihsnfdlaor"
+
+
+def _who_line(c: IrcConnection, s: Session, room: Room | None,
+              whox: tuple[str, str] | None = None) -> str:
     flags = ("G" if s.extra.get("away") else "H") + ("*" if s.is_admin else "")
-    if room is not None and room.is_op(s):
-        flags += "@"
+    if room is not None:
+        flags += c.renderer.prefixes(room, s)
+    chan = channel(room.name) if room is not None else "*"
     user = str(s.extra.get("user") or s.name)
     realname = str(s.extra.get("realname") or s.name)
-    return c.numeric(irc.RPL_WHOREPLY, chan, user, c.net.name, c.net.name, s.name, flags,
-                     text=f"0 {realname}")
+    if whox is None:
+        return c.numeric(irc.RPL_WHOREPLY, chan, user, c.net.name, c.net.name, s.name, flags,
+                         text=f"0 {realname}")
+    fields, token = whox
+    values = {"t": word(token or "0", 3), "c": chan, "u": user, "i": "255.255.255.255",
+              "h": c.net.name, "s": c.net.name, "n": s.name, "f": flags, "d": "0",
+              "l": "0", "a": s.account or "0", "o": "n/a"}
+    params = [values[f] for f in WHOX_ORDER if f in fields and f != "r"]
+    return c.numeric(irc.RPL_WHOSPCRPL, *params,
+                     text=realname if "r" in fields else None)
 
 
 def _who(c: IrcConnection, m: IrcLine) -> None:
+    """``WHO #a[,#b]`` (each user once, with the first shared channel) or ``WHO mask``;
+    ``WHO target %fields[,token]`` is WHOX (354). Invisible users are shown only to those
+    who share a channel with them."""
     mask = m.param(0) or "*"
-    lines: list[str] = []
+    whox = None
+    if m.param(1).startswith("%"):
+        fields, _, token = m.params[1][1:].partition(",")
+        whox = (fields, token)
+    me = c.me
+    rows: list[tuple[Session, Room | None]] = []
     if mask.startswith("#"):
-        room = c.hub.find_room(mask[1:])
-        if room is not None:
-            chan = channel(room.name)
-            lines = [_who_line(c, s, chan, room) for s in room.members.values()]
+        seen: set[str] = set()
+        for name in mask.split(","):
+            room = c.hub.find_room(name[1:]) if name.startswith("#") else None
+            if room is None or not _visible_room(c, room):
+                continue
+            member = room.key in me.rooms or me.is_admin
+            for s in room.members.values():
+                if s.key not in seen and (member or not _invisible(s)):
+                    seen.add(s.key)
+                    rows.append((s, room))
     else:
-        me = c.me
         pattern = "*" if mask == "0" else name_key(mask)
         for s in c.hub.sessions():
-            if len(lines) >= MAX_WHO:
+            if len(rows) >= MAX_WHO:
                 break
-            invisible = "i" in s.extra.get("modes", ()) and not (s.rooms.keys() & me.rooms)
-            if s is not me and invisible:
+            if s is not me and _invisible(s) and not (s.rooms.keys() & me.rooms.keys()):
                 continue
             if fnmatch.fnmatchcase(s.key, pattern):
-                lines.append(_who_line(c, s, "*", None))
+                rows.append((s, None))
+    lines = [_who_line(c, s, room, whox) for s, room in rows]
     lines.append(c.numeric(irc.RPL_ENDOFWHO, word(mask), text="End of /WHO list"))
     c.write_lines(lines)
 
@@ -838,8 +1005,9 @@ def _whois(c: IrcConnection, m: IrcLine) -> None:
     user = str(s.extra.get("user") or s.name)
     realname = str(s.extra.get("realname") or f"{s.name} (native client)")
     lines = [c.numeric(irc.RPL_WHOISUSER, s.name, user, c.net.name, "*", text=realname)]
-    if s.rooms:
-        chans = [("@" if r.is_op(s) else "") + channel(r.name) for r in s.rooms.values()]
+    chans = [c.renderer.prefixes(r, s) + channel(r.name) for r in s.rooms.values()
+             if _visible_room(c, r)]
+    if chans:
         lines.append(c.numeric(irc.RPL_WHOISCHANNELS, s.name, text=" ".join(chans)))
     lines.append(c.numeric(irc.RPL_WHOISSERVER, s.name, c.net.name, text="geventchat"))
     if s.extra.get("away"):
@@ -860,14 +1028,30 @@ def _away(c: IrcConnection, m: IrcLine) -> None:
 
 
 def _list(c: IrcConnection, m: IrcLine) -> None:
-    rooms = c.hub.active_rooms()
-    if m.param(0):
-        wanted = {name_key(n[1:]) for n in m.params[0].split(",") if n.startswith("#")}
-        rooms = [r for r in rooms if r.key in wanted]
-    rooms = rooms[:MAX_LIST]
+    """Rooms with someone in them (an empty lobby is not listed); secret ones only to
+    their members; a private one's topic only to its members. ``ELIST=U``: ``>N`` and
+    ``<N`` filter by user count."""
+    me = c.me
+    wanted: set[str] = set()
+    more, fewer = -1, None
+    for token in m.param(0).split(",") if m.param(0) else []:
+        if token[:1] == ">" and token[1:].isdigit():
+            more = int(token[1:])
+        elif token[:1] == "<" and token[1:].isdigit():
+            fewer = int(token[1:])
+        elif token.startswith("#"):
+            wanted.add(name_key(token[1:]))
+    rooms = [r for r in c.hub.active_rooms()
+             if r.members and _visible_room(c, r) and len(r.members) > more
+             and (fewer is None or len(r.members) < fewer)
+             and (not wanted or r.key in wanted)][:MAX_LIST]
     lines = [c.numeric(irc.RPL_LISTSTART, "Channel", text="Users  Name")]
-    lines += [c.numeric(irc.RPL_LIST, channel(r.name), str(len(r.members)), text=r.topic)
-              for r in rooms]
+    for r in rooms:
+        shown = not r.modes.private or r.key in me.rooms or me.is_admin
+        letters, _ = actions.mode_summary(r, False)
+        topic = f"[{letters}] {r.topic}".rstrip() if shown else ""
+        lines.append(c.numeric(irc.RPL_LIST, channel(r.name), str(len(r.members)),
+                               text=topic))
     lines.append(c.numeric(irc.RPL_LISTEND, text="End of /LIST"))
     c.write_lines(lines)
 
@@ -894,12 +1078,17 @@ def _lusers(c: IrcConnection, m: IrcLine) -> None:
     hub = c.hub
     users = len(hub.users)
     invisible = hub.invisible
+    peak = str(max(hub.peak_users, users))
     c.write_lines([
         c.numeric(irc.RPL_LUSERCLIENT, text=f"There are {users - invisible} users and "
                                         f"{invisible} invisible on 1 servers"),
         c.numeric(irc.RPL_LUSEROP, str(hub.opers), text="operator(s) online"),
         c.numeric(irc.RPL_LUSERCHANNELS, str(hub.channels), text="channels formed"),
         c.numeric(irc.RPL_LUSERME, text=f"I have {users} clients and 0 servers"),
+        c.numeric(irc.RPL_LOCALUSERS, str(users), peak,
+                  text=f"Current local users {users}, max {peak}"),
+        c.numeric(irc.RPL_GLOBALUSERS, str(users), peak,
+                  text=f"Current global users {users}, max {peak}"),
     ])
 
 
@@ -1011,6 +1200,8 @@ def _tagmsg(c: IrcConnection, m: IrcLine) -> None:
 COMMANDS: Final[dict[str, Cmd]] = {
     "CAP": Cmd(_cap, 1, registered=False, usage="LS|LIST|REQ|END",
                help="capability negotiation: " + ", ".join(CAPS)),
+    "AUTHENTICATE": Cmd(_authenticate, 1, registered=False, usage="PLAIN | <base64> | *",
+                        help="SASL PLAIN login as an admin account, before registration"),
     "PASS": Cmd(_pass, 1, registered=False, usage="<password>",
                 help="the server password, before NICK and USER"),
     "NICK": Cmd(_nick, 0, registered=False, usage="<nick>", help="choose or change your nick"),
@@ -1024,22 +1215,25 @@ COMMANDS: Final[dict[str, Cmd]] = {
     "PRIVMSG": Cmd(_privmsg, 0, usage="<#chan|nick>[,...] :<text>",
                    help="message a channel or a user; CTCP ACTION is /me"),
     "NOTICE": Cmd(_notice, 0, usage="<#chan|nick>[,...] :<text>",
-                  help="delivered as an ordinary message; never answered"),
-    "JOIN": Cmd(_join, 1, usage="<#chan>[,...] | 0",
+                  help="a notice: never stored, never answered"),
+    "JOIN": Cmd(_join, 1, usage="<#chan>[,...] [<key>[,...]] | 0",
                 help="join channels (created on first join; the creator is operator); "
                      "0 parts all"),
     "PART": Cmd(_part, 1, usage="<#chan>[,...] [:<reason>]", help="leave channels"),
     "NAMES": Cmd(_names, 0, usage="<#chan>[,...]", help="who is in a channel"),
     "TOPIC": Cmd(_topic, 1, usage="<#chan> [:<topic>]",
                  help="show or set (operators, when +t) a channel's topic"),
-    "KICK": Cmd(_kick, 2, usage="<#chan> <nick>[,...] [:<reason>]",
-                help="remove a user from a channel (channel operators)"),
+    "KICK": Cmd(_kick, 2, usage="<#chan>[,...] <nick>[,...] [:<reason>]",
+                help="remove users from a channel (channel operators)"),
     "MODE": Cmd(_mode, 1, usage="<#chan|nick> [modes [args]]",
-                help="channel modes +t, +o NICK; user modes +i, -o"),
-    "WHO": Cmd(_who, 0, usage="<#chan|mask>", help="list users"),
+                help="channel modes beIiklmnopstv (see docs/IRC.md); user modes +i, -o"),
+    "INVITE": Cmd(_invite, 2, usage="<nick> <#chan>",
+                  help="invite a user (operators, while +i): passes +i, +k and +l once"),
+    "WHO": Cmd(_who, 0, usage="<#chan>[,...]|<mask> [%fields[,token]]",
+               help="list users (WHOX with %fields)"),
     "WHOIS": Cmd(_whois, 1, usage="<nick>", help="about a user"),
     "AWAY": Cmd(_away, 0, usage="[:<message>]", help="set or clear your away message"),
-    "LIST": Cmd(_list, 0, usage="[<#chan>[,...]]", help="list channels"),
+    "LIST": Cmd(_list, 0, usage="[<#chan>|>N|<N[,...]]", help="list channels"),
     "MOTD": Cmd(_motd, 0, help="the message of the day"),
     "LUSERS": Cmd(_lusers, 0, help="user and channel counts"),
     "ISON": Cmd(_ison, 1, usage="<nick> ...", help="which of these nicks are online"),

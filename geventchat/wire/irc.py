@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, ClassVar, Final
 
 from geventchat.core import events as ev
 from geventchat.core.text import clean
-from geventchat.wire.native import TOO_LONG, LineDecoder, LineTooLong
+from geventchat.wire.native import TOO_LONG, BadUtf8, LineDecoder, LineTooLong
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ RPL_LUSERCLIENT: Final = "251"
 RPL_LUSEROP: Final = "252"
 RPL_LUSERCHANNELS: Final = "254"
 RPL_LUSERME: Final = "255"
+RPL_LOCALUSERS: Final = "265"
+RPL_GLOBALUSERS: Final = "266"
 RPL_AWAY: Final = "301"
 RPL_USERHOST: Final = "302"
 RPL_ISON: Final = "303"
@@ -72,6 +74,13 @@ RPL_LIST: Final = "322"
 RPL_LISTEND: Final = "323"
 RPL_CHANNELMODEIS: Final = "324"
 RPL_CREATIONTIME: Final = "329"
+RPL_INVITING: Final = "341"
+RPL_INVEXLIST: Final = "346"
+RPL_ENDOFINVEXLIST: Final = "347"
+RPL_EXCEPTLIST: Final = "348"
+RPL_ENDOFEXCEPTLIST: Final = "349"
+RPL_WHOSPCRPL: Final = "354"
+RPL_BANLIST: Final = "367"
 RPL_NOTOPIC: Final = "331"
 RPL_TOPIC: Final = "332"
 RPL_VERSION: Final = "351"
@@ -103,16 +112,30 @@ ERR_ERRONEUSNICKNAME: Final = "432"
 ERR_NICKNAMEINUSE: Final = "433"
 ERR_USERNOTINCHANNEL: Final = "441"
 ERR_NOTONCHANNEL: Final = "442"
+ERR_USERONCHANNEL: Final = "443"
 ERR_NOTREGISTERED: Final = "451"
 ERR_NEEDMOREPARAMS: Final = "461"
 ERR_ALREADYREGISTERED: Final = "462"
 ERR_PASSWDMISMATCH: Final = "464"
+ERR_CHANNELISFULL: Final = "471"
 ERR_UNKNOWNMODE: Final = "472"
+ERR_INVITEONLYCHAN: Final = "473"
+ERR_BANNEDFROMCHAN: Final = "474"
+ERR_BADCHANNELKEY: Final = "475"
+ERR_BANLISTFULL: Final = "478"
 ERR_NOPRIVILEGES: Final = "481"
 ERR_CHANOPRIVSNEEDED: Final = "482"
 ERR_UMODEUNKNOWNFLAG: Final = "501"
 ERR_USERSDONTMATCH: Final = "502"
 ERR_HELPNOTFOUND: Final = "524"
+ERR_INVALIDMODEPARAM: Final = "696"
+RPL_LOGGEDIN: Final = "900"
+RPL_SASLSUCCESS: Final = "903"
+ERR_SASLFAIL: Final = "904"
+ERR_SASLTOOLONG: Final = "905"
+ERR_SASLABORTED: Final = "906"
+ERR_SASLALREADY: Final = "907"
+RPL_SASLMECHS: Final = "908"
 RPL_HELPSTART: Final = "704"
 RPL_HELPTXT: Final = "705"
 RPL_ENDOFHELP: Final = "706"
@@ -303,6 +326,14 @@ def body_too_long(line: str) -> bool:
     return size > BODY_ROOM
 
 
+@dataclass(frozen=True, slots=True)
+class InvalidUtf8:
+    """A line that was not valid UTF-8 (``UTF8ONLY``): refused with ``FAIL <command>
+    INVALID_UTF8``, as ergo does, and never acted on."""
+
+    command: str
+
+
 class IrcDecoder:
     """Bytes in, :class:`IrcLine` (or :data:`~geventchat.wire.native.TOO_LONG`) out.
 
@@ -318,23 +349,28 @@ class IrcDecoder:
     def __init__(self, lines: LineDecoder | None = None) -> None:
         self._lines = lines if lines is not None else LineDecoder(MAX_TAGS + BODY_ROOM)
 
-    def feed(self, data: bytes) -> list[IrcLine | LineTooLong]:
+    def feed(self, data: bytes) -> list[IrcLine | LineTooLong | InvalidUtf8]:
         return self.accept_all(self._lines.feed(data))
 
-    def close(self) -> list[IrcLine | LineTooLong]:
+    def close(self) -> list[IrcLine | LineTooLong | InvalidUtf8]:
         return self.accept_all(self._lines.close())
 
     @staticmethod
-    def accept(raw: str | LineTooLong) -> IrcLine | LineTooLong | None:
+    def accept(raw: str | LineTooLong) -> IrcLine | LineTooLong | InvalidUtf8 | None:
         """Check and parse one split line; ``None`` for one to ignore."""
         if not isinstance(raw, str):
             return TOO_LONG
         if body_too_long(raw):
             return TOO_LONG
+        if type(raw) is BadUtf8:
+            msg = parse_line(raw)
+            command = msg.command if msg is not None else ""
+            return InvalidUtf8(command if command.isascii() and command.isalnum() else "*")
         return parse_line(raw)
 
     @classmethod
-    def accept_all(cls, raws: Iterable[str | LineTooLong]) -> list[IrcLine | LineTooLong]:
+    def accept_all(cls, raws: Iterable[str | LineTooLong]
+                   ) -> list[IrcLine | LineTooLong | InvalidUtf8]:
         return [m for m in map(cls.accept, raws) if m is not None]
 
 
@@ -407,7 +443,7 @@ def channel(room: str) -> str:
 _BATCH_IDS: Iterator[int] = itertools.count(1)
 
 #: Events a client without ``echo-message`` must not get back from its own rooms.
-_ECHOED: Final = (ev.Message, ev.Action)
+_ECHOED: Final = (ev.Message, ev.Action, ev.RoomNotice)
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,6 +461,8 @@ class IrcRenderer:
     server_time: bool = False
     echo: bool = False
     batch: bool = False
+    multi_prefix: bool = False  # NAMES/WHO show every prefix (``@+nick``), not the highest
+    userhost: bool = False  # userhost-in-names: NAMES shows ``nick!user@host``
 
     name: ClassVar[str] = "irc"
 
@@ -476,13 +514,28 @@ class IrcRenderer:
         """``:server CODE nick params :trailing``, the shape of every numeric reply."""
         return format_line(code, nick or "*", *params, trailing=trailing, source=self.server)
 
-    def names(self, me: str, room: Room) -> list[str]:
-        """353 lines (``@`` for operators, split to fit 512 bytes) and the closing 366."""
+    def prefixes(self, room: Room, s: Session) -> str:
+        """``@`` for operators, ``+`` for voiced members (both under multi-prefix)."""
+        op = "@" if room.is_op(s) else ""
+        voice = "+" if s.key in room.modes.voices else ""
+        return op + voice if self.multi_prefix else (op or voice)
+
+    def names(self, me: str, room: Room, viewer: Session | None = None) -> list[str]:
+        """353 lines (the channel's type: ``=`` public, ``*`` private, ``@`` secret; member
+        prefixes; split to fit 512 bytes) and the closing 366. ``viewer``, when not a
+        member, does not see invisible (``+i``) members."""
         chan = channel(room.name)
+        modes = room.modes
+        symbol = "@" if modes.secret else "*" if modes.private else "="
         members = sorted(room.members.values(), key=lambda s: s.name.casefold())
-        words = [("@" if room.is_op(s) else "") + s.name for s in members]
-        head = len(self.numeric(RPL_NAMREPLY, me, "=", chan, trailing="").encode())
-        lines = [self.numeric(RPL_NAMREPLY, me, "=", chan, trailing=chunk)
+        if viewer is not None and room.key not in viewer.rooms:
+            members = [s for s in members if "i" not in s.extra.get("modes", ())]
+        if self.userhost:
+            words = [self.prefixes(room, s) + self.masks.prefix(s.name) for s in members]
+        else:
+            words = [self.prefixes(room, s) + s.name for s in members]
+        head = len(self.numeric(RPL_NAMREPLY, me, symbol, chan, trailing="").encode())
+        lines = [self.numeric(RPL_NAMREPLY, me, symbol, chan, trailing=chunk)
                  for chunk in _pack(words, BODY_ROOM - head)] if words else []
         lines.append(self.numeric(RPL_ENDOFNAMES, me, chan, trailing="End of /NAMES list"))
         return lines
@@ -529,6 +582,14 @@ class IrcRenderer:
             pieces = [f"\x01ACTION {p}\x01" for p in pieces]
         return [format_line("PRIVMSG", target, trailing=p, source=source, tags=tags)
                 for p in pieces]
+
+    def _user_notice(self, name: str, target: str, text: str, tags: dict[str, str]
+                     ) -> list[str]:
+        """A user's NOTICE, split like a PRIVMSG."""
+        source = self._src(name)
+        head = len(format_line("NOTICE", target, trailing="", source=source).encode())
+        return [format_line("NOTICE", target, trailing=p, source=source, tags=tags)
+                for p in split_text(text, BODY_ROOM - head)]
 
     def _notice(self, target: str, text: str, tags: dict[str, str]) -> list[str]:
         return [format_line("NOTICE", target, trailing=text, source=self.server, tags=tags)]
@@ -588,7 +649,12 @@ def _left(r: IrcRenderer, e: ev.Left, to: str, tags: dict[str, str]) -> list[str
 _LINES: Final = {
     ev.Message: lambda r, e, to, t: r._privmsg(e.name, channel(e.room), e.text, t),
     ev.Action: lambda r, e, to, t: r._privmsg(e.name, channel(e.room), e.text, t, action=True),
-    ev.PrivateMessage: lambda r, e, to, t: r._privmsg(e.sender, e.target, e.text, t),
+    ev.PrivateMessage: lambda r, e, to, t: (r._user_notice(e.sender, e.target, e.text, t)
+                                            if e.notice
+                                            else r._privmsg(e.sender, e.target, e.text, t)),
+    ev.RoomNotice: lambda r, e, to, t: r._user_notice(e.name, channel(e.room), e.text, t),
+    ev.Invited: lambda r, e, to, t: [format_line("INVITE", e.target, channel(e.room),
+                                                 source=r._src(e.by), tags=t)],
     ev.Joined: lambda r, e, to, t: [format_line("JOIN", channel(e.room), source=r._src(e.name),
                                                 tags=t)],
     ev.Left: _left,

@@ -39,11 +39,20 @@ class LineTooLong:
 TOO_LONG: Final = LineTooLong()
 
 
+class BadUtf8(str):
+    """A decoded line whose bytes were not valid UTF-8 (each bad byte is now U+FFFD). It is
+    an ordinary ``str`` for the native protocol, which keeps the replacement; IRC, which
+    advertises ``UTF8ONLY``, refuses such a line (``FAIL ... INVALID_UTF8``)."""
+
+    __slots__ = ()
+
+
 class LineDecoder:
     """Split a byte stream into text lines.
 
     Accepts ``\\n`` and ``\\r\\n`` endings, partial reads and a last line without newline
-    (:meth:`close`). Invalid UTF-8 becomes U+FFFD. A line longer than ``limit`` bytes yields
+    (:meth:`close`). Invalid UTF-8 becomes U+FFFD (in a :class:`BadUtf8` line). A line
+    longer than ``limit`` bytes yields
     :data:`TOO_LONG` once and its bytes are dropped up to the next newline, so the
     connection survives and memory stays bounded by ``limit``.
     """
@@ -89,7 +98,10 @@ class LineDecoder:
             raw = raw[:-1]
         if len(raw) > self.limit:
             return TOO_LONG
-        return raw.decode("utf-8", "replace")
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return BadUtf8(raw.decode("utf-8", "replace"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +169,8 @@ _RENDERERS: Final = {
     ev.Message: lambda e: f"{e.name}: {_plain(e.text)}",
     ev.Action: lambda e: f"* {e.name} {_plain(e.text)}",
     ev.PrivateMessage: lambda e: f"(private) {e.sender} -> {e.target}: {_plain(e.text)}",
+    ev.RoomNotice: lambda e: f"{e.name}: {_plain(e.text)}",
+    ev.Invited: lambda e: f"* {e.by} invites you to {e.room}: /join {e.room}",
     ev.Joined: lambda e: f"* {e.name} joined",
     ev.Left: lambda e: f"* {e.name} left{_reason(e.reason)}",
     ev.Quit: lambda e: f"* {e.name} left{_reason(e.reason)}",

@@ -87,15 +87,66 @@ def _kick(hub: Hub, me: Session, arg: str) -> None:
 
 
 def _join(hub: Hub, me: Session, arg: str) -> None:
+    name, key = split_arg(arg)
     old = me.room
-    if old is not None and old.key == name_key(check_name(arg)):
+    if old is not None and old.key == name_key(check_name(name)):
         me.send(ev.Notice(f"you are already in {old.name}"))
         return
-    actions.join(hub, me, arg)
+    actions.join(hub, me, name, key=key)
+
+
+def _mode(hub: Hub, me: Session, arg: str) -> None:
+    """``/mode`` shows the room's modes; ``/mode +m``, ``/mode +v bob``, ``/mode -k``...
+    change them (IRC's syntax and letters; operators)."""
+    room = me.room
+    if not arg:
+        letters, args = actions.mode_summary(room, show_key=True)
+        me.send(ev.Notice(f"modes of {room.name}: {' '.join((letters, *args))}"))
+        return
+    spec, *params = arg.split()
+    changes = actions.parse_modes(spec, params)
+    lists = [letter for _, letter, a in changes if letter in "beI" and a is None]
+    for letter in dict.fromkeys(lists):
+        _show_list(me, letter)
+    wanted = [c for c in changes if not (c[1] in "beI" and c[2] is None)]
+    if not wanted:
+        return
+    applied, errors = actions.change_modes(hub, me, room, wanted)
+    me.send_many([exc.event() for exc in errors])
+
+
+def _show_list(me: Session, letter: str) -> None:
+    room = me.room
+    what = {"b": "bans", "e": "ban exceptions", "I": "invite exceptions"}[letter]
+    entries = list(room.modes.lists(letter).values())
+    if not entries:
+        me.send(ev.Notice(f"{what} of {room.name}: none"))
+        return
+    me.send_many([ev.Notice(f"{what} of {room.name} ({len(entries)}):")]
+                 + [ev.Notice(f"  {e.mask} (by {e.by})") for e in entries])
+
+
+def _ban(hub: Hub, me: Session, arg: str) -> None:
+    if not arg:
+        _show_list(me, "b")
+        return
+    _, errors = actions.change_modes(hub, me, me.room, [("+", "b", arg.split()[0])])
+    me.send_many([exc.event() for exc in errors])
+
+
+def _unban(hub: Hub, me: Session, arg: str) -> None:
+    _, errors = actions.change_modes(hub, me, me.room, [("-", "b", arg.split()[0])])
+    me.send_many([exc.event() for exc in errors])
+
+
+def _invite(hub: Hub, me: Session, arg: str) -> None:
+    target = actions.invite(hub, me, me.room, arg.split()[0])
+    me.send(ev.Notice(f"you invited {target.name} to {me.room.name}"))
 
 
 def _rooms(hub: Hub, me: Session, arg: str) -> None:
-    rooms = hub.active_rooms()
+    rooms = [r for r in hub.active_rooms()
+             if not r.modes.secret or r.key in me.rooms or me.is_admin]  # +s: members only
     listing = ", ".join(f"{r.name} ({len(r.members)})" for r in rooms)
     me.send(ev.Notice(f"rooms ({len(rooms)}): {listing}"))
 
@@ -136,13 +187,19 @@ COMMANDS: dict[str, Spec] = {
     "me": Spec(_me, "/me text", "action: * you text", words=1),
     "nick": Spec(_nick, "/nick NEW", "change your name", words=1),
     "help": Spec(_help, "/help", "this list"),
-    "join": Spec(_join, "/join ROOM", "go to ROOM (created on first join)", words=1),
+    "join": Spec(_join, "/join ROOM [KEY]", "go to ROOM (created on first join)", words=1),
     "rooms": Spec(_rooms, "/rooms", "list rooms and how many are in each"),
     "history": Spec(_history, "/history [N]",
                     f"the last N lines of this room (default {actions.HISTORY_DEFAULT}, "
                     f"at most {actions.HISTORY_MAX})"),
     "resume": Spec(_resume, "/resume ROOM EPOCH ID", "", words=3),
     "topic": Spec(_topic, "/topic [text|-]", "show or set (operators) the room's topic"),
+    "mode": Spec(_mode, "/mode [+-modes [args]]",
+                 "show or set (operators) this room's modes: +m +v NAME +i +k KEY +l N ..."),
+    "ban": Spec(_ban, "/ban [MASK]", "list bans, or ban MASK (nick!user@host, * ?)"),
+    "unban": Spec(_unban, "/unban MASK", "lift a ban", words=1),
+    "invite": Spec(_invite, "/invite NAME", "invite NAME here (operators, in +i rooms)",
+                   words=1),
     "quit": Spec(_quit, "/quit [reason]", "leave (also: exit)"),
     "clear": Spec(_clear, "/clear", "empty this room's history (also: clear)", admin=True),
     "kick": Spec(_kick, "/kick NAME [reason]",
