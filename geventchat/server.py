@@ -191,7 +191,8 @@ class ChatServer:
                 log.error("reload: TLS certificate not reloaded (keeping the old one): %s",
                           exc)
         if self.settings.motd:
-            done.append("MOTD (read at each use)")
+            network_for(self).reload_motd()
+            done.append("MOTD")
         log.info("reloaded: %s", ", ".join(done) or "nothing")
 
     # --- connections -------------------------------------------------------------------

@@ -63,3 +63,18 @@ def test_sighup_reloads_admins_and_keeps_serving(make_srv):
     other = srv.connect("other")
     other.send("hello")
     root.expect("other: hello", timeout=TIMEOUT)
+
+
+def test_sighup_reloads_the_motd(make_srv, tmp_path):
+    from tests.test_irc import IRC_FLAGS, RawIrc, irc_port
+
+    motd = tmp_path / "motd.txt"
+    motd.write_text("first words\n", "utf-8")
+    srv = make_srv(*IRC_FLAGS, "--motd", str(motd))
+    burst = RawIrc(irc_port(srv)).register("one")
+    assert ("372", "- first words") in [(m.command, m.params[-1]) for m in burst]
+    motd.write_text("second words\n", "utf-8")
+    srv.proc.send_signal(signal.SIGHUP)
+    srv.wait_log("reloaded: .*MOTD")
+    burst = RawIrc(irc_port(srv)).register("two")
+    assert ("372", "- second words") in [(m.command, m.params[-1]) for m in burst]

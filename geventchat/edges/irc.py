@@ -27,6 +27,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Final
 
 import gevent
@@ -139,6 +140,19 @@ class IrcNetwork:
         self.masks = Hostmasks(self.name)
         self.started = datetime.now(UTC)
         self._renderers: dict[frozenset[str], IrcRenderer] = {}
+        self._motd: tuple[str, ...] | None = None
+        self._motd_read = False
+
+    def motd(self, path: Path | None) -> tuple[str, ...] | None:
+        """The message of the day's lines (cleaned), read once and kept: not a file read
+        on the loop at every registration. :meth:`reload_motd` (SIGHUP) reads it again."""
+        if not self._motd_read:
+            self._motd_read = True
+            self._motd = _read_motd(path)
+        return self._motd
+
+    def reload_motd(self) -> None:
+        self._motd_read = False
 
     def renderer(self, caps: frozenset[str] | set[str]) -> IrcRenderer:
         key = frozenset(caps) & RENDER_CAPS
@@ -149,6 +163,17 @@ class IrcNetwork:
                 echo="echo-message" in key, batch="batch" in key,
                 multi_prefix="multi-prefix" in key, userhost="userhost-in-names" in key)
         return r
+
+
+def _read_motd(path: Path | None) -> tuple[str, ...] | None:
+    if path is None:
+        return None
+    try:
+        text = path.read_text("utf-8", "replace")
+    except OSError as exc:
+        log.warning("MOTD file %s unreadable: %s", path, exc)
+        return None
+    return tuple(clean(line) for line in text.splitlines())
 
 
 _NETWORKS: weakref.WeakKeyDictionary[object, IrcNetwork] = weakref.WeakKeyDictionary()
@@ -1057,17 +1082,12 @@ def _list(c: IrcConnection, m: IrcLine) -> None:
 
 
 def _motd(c: IrcConnection, m: IrcLine) -> None:
-    path = c.settings.motd
-    try:
-        text = path.read_text("utf-8", "replace") if path is not None else None
-    except OSError as exc:
-        log.warning("MOTD file %s unreadable: %s", path, exc)
-        text = None
-    if text is None:
+    motd = c.net.motd(c.settings.motd)
+    if motd is None:
         c.reply(irc.ERR_NOMOTD, text="MOTD File is missing")
         return
     lines = [c.numeric(irc.RPL_MOTDSTART, text=f"- {c.net.name} Message of the day - ")]
-    lines += [c.numeric(irc.RPL_MOTD, text=f"- {clean(line)}") for line in text.splitlines()]
+    lines += [c.numeric(irc.RPL_MOTD, text=f"- {line}") for line in motd]
     lines.append(c.numeric(irc.RPL_ENDOFMOTD, text="End of /MOTD command."))
     c.write_lines(lines)
 
