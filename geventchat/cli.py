@@ -83,6 +83,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--irc-port", type=int, default=None, metavar="PORT",
                    help="also listen for IRC alone on this port, e.g. 6667 (IRC clients can "
                         "use --port too: the protocol is detected from the first line)")
+    p.add_argument("--http-port", type=int, default=None, metavar="PORT",
+                   help="also serve HTTP alone (web client, /healthz, /metrics) on this "
+                        "port (browsers can use --port too: HTTP is detected)")
+    p.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let web pages from ORIGIN (e.g. https://chat.example.org, or *) "
+                        "open the WebSocket; repeatable (default: same origin only)")
     p.add_argument("--server-name", default=socket.gethostname(), metavar="NAME",
                    help="the server name IRC clients see (default: this host's name)")
     p.add_argument("--motd", type=Path, metavar="FILE",
@@ -163,6 +169,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_per_ip=args.max_per_ip, rate_limit=args.rate_limit, rate_burst=args.rate_burst,
         fsync=args.fsync, history_max=args.history_max, password_file=args.password_file,
         tls_cert=args.tls_cert, tls_key=args.tls_key, irc_port=args.irc_port,
+        http_port=args.http_port, allowed_origins=tuple(args.allowed_origin),
         server_name=args.server_name, motd=args.motd,
     )
     if bool(args.tls_cert) != bool(args.tls_key):

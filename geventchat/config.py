@@ -37,6 +37,9 @@ class Settings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     irc_port: int | None = None
+    http_port: int | None = None
+    #: WebSocket origins allowed besides the page's own (``*``: any).
+    allowed_origins: tuple[str, ...] = ()
     #: How long the shared port waits for a client's first bytes before it prompts: IRC
     #: and HTTP clients speak first, people wait for the prompt.
     sniff_timeout: float = 0.25

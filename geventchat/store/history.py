@@ -49,6 +49,7 @@ import gevent
 from gevent.event import Event
 
 from geventchat.core.events import STORED, Action, Cleared, Message
+from geventchat.core.stats import STATS
 from geventchat.store import atomic
 
 log = logging.getLogger(__name__)
@@ -514,7 +515,9 @@ class History:
         prefix = b"\n" if self._torn_tail else b""
         data = prefix + b"".join(record for _, record in batch)
         sync = self._want_sync()
+        started = time.monotonic()
         done, error = self._run(_append_batch, fd, data, sync)
+        STATS.history_write(time.monotonic() - started)
         if done:
             self._dirty = True
         if done >= len(prefix):
