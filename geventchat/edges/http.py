@@ -203,6 +203,11 @@ class HttpConnection:
         event = self._event()
         if not isinstance(event, h11.Request):
             return None
+        # h11 bounds only a head that is still incomplete; one that came whole is
+        # measured here.
+        if len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers) > MAX_HEAD:
+            self.out.write(plain_response(431, "request head too large\n"))
+            return None
         while True:
             more = self._event()
             if isinstance(more, h11.EndOfMessage):
