@@ -150,7 +150,10 @@ def test_metrics_follow_known_traffic(make_srv):
                   - _metric(before, "geventchat_deliveries_total"))
     assert 2 <= deliveries <= 2 * 8 + 2  # + the join notice batches
     assert _metric(text, "geventchat_fanout_bytes_total") > 0
-    assert _metric(text, "geventchat_history_write_seconds_count") >= 1
+    # History writes happen in the background: the first one shows up a moment later.
+    wait_for(lambda: _metric(get(srv.port, "/metrics").body.decode(),
+                             "geventchat_history_write_seconds_count") >= 1,
+             what="a history write in the metrics")
     assert "process_resident_memory_bytes" in text
 
 
