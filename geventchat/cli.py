@@ -98,6 +98,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     _opt(p, "--irc-port", type=port_number, metavar="PORT",
          help="also listen for IRC alone on this port, e.g. 6667 (IRC clients can use --port "
               "too: the protocol is detected from the first line)")
+    _opt(p, "--http-port", type=port_number, metavar="PORT",
+         help="also serve HTTP alone (web client, /healthz, /metrics) on this port "
+              "(browsers can use --port too: HTTP is detected)")
+    _opt(p, "--allowed-origin", dest="allowed_origins", action="append", metavar="ORIGIN",
+         help="let web pages from ORIGIN (e.g. https://chat.example.org, or *) open the "
+              "WebSocket; repeatable (default: same origin only)")
     _opt(p, "--server-name", metavar="NAME",
          help="the server name IRC clients see (default: this host's name)")
     _opt(p, "--motd", type=Path, metavar="FILE",

@@ -70,6 +70,9 @@ class Settings:
     #: spoke in leaves a file, so a cap bounds both.
     max_rooms: int = 1000
     irc_port: int | None = None
+    http_port: int | None = None
+    #: WebSocket origins allowed besides the page's own (``*``: any).
+    allowed_origins: tuple[str, ...] = ()
     #: How long the shared port waits for a client's first bytes before it prompts: IRC
     #: and HTTP clients speak first, people wait for the prompt.
     sniff_timeout: float = 0.25
@@ -162,6 +165,12 @@ def _base_type(key: str) -> type:
     return args[0] if args else hint
 
 
+def _is_list(key: str) -> bool:
+    """A setting that holds several values (``tuple[str, ...]``): a repeatable flag, a TOML
+    array, a comma-separated environment variable."""
+    return typing.get_origin(_HINTS.get(key)) is tuple
+
+
 def _is_flag_switch(action: argparse.Action) -> bool:
     return action.nargs == 0  # store_true / store_false
 
@@ -176,6 +185,11 @@ def _convert(action: argparse.Action, text: str) -> Any:
 
 
 def _from_toml(key: str, action: argparse.Action, raw: Any) -> Any:
+    if _is_list(key):
+        if not (isinstance(raw, list) and all(isinstance(x, str) for x in raw)):
+            raise ConfigError(f"{key}: expected an array of strings, got "
+                              f"{type(raw).__name__} {raw!r}")
+        return tuple(_convert(action, x) for x in raw)
     base = _base_type(key)
     if _is_flag_switch(action):
         ok = isinstance(raw, bool)
@@ -198,6 +212,8 @@ _FALSE = {"0", "false", "no", "off"}
 
 
 def _from_env(action: argparse.Action, text: str) -> Any:
+    if _is_list(action.dest):
+        return tuple(_convert(action, x.strip()) for x in text.split(",") if x.strip())
     if _is_flag_switch(action):
         if text.lower() in _TRUE | _FALSE:
             return text.lower() in _TRUE
@@ -276,7 +292,8 @@ def resolve(flags: Mapping[str, Any], actions: Mapping[str, argparse.Action],
         layers.append((f"file {config}", load_file(config, actions)))
     env_values, unknown = load_env(environ, actions)
     layers.append(("env", env_values))
-    layers.append(("flag", {k: v for k, v in flags.items() if k in actions}))
+    layers.append(("flag", {k: tuple(v) if _is_list(k) else v
+                            for k, v in flags.items() if k in actions}))
     values: dict[str, Any] = {}
     sources = {key: "default" for key in actions}
     for label, layer in layers:
@@ -306,6 +323,8 @@ def mask(key: str, value: Any) -> Any:
 
 
 def _toml_value(value: Any) -> str:
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):

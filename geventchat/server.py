@@ -33,6 +33,7 @@ from geventchat.core.text import name_key
 from geventchat.edges import sniff
 from geventchat.edges.admission import Admission
 from geventchat.edges.base import DRAIN_TIMEOUT, ClientConnection
+from geventchat.edges.http import plain_response, serve_http
 from geventchat.edges.irc import IrcConnection, network_for
 from geventchat.edges.native import NativeConnection
 from geventchat.edges.outbuf import Output
@@ -79,6 +80,8 @@ class ChatServer:
         self._listen(settings.port, "shared")
         if settings.irc_port is not None:
             self._listen(settings.irc_port, sniff.IRC)
+        if settings.http_port is not None:
+            self._listen(settings.http_port, sniff.HTTP)
         self._stopped = Event()
         self._stop_reason: str | None = None
         self._sweeper: gevent.Greenlet | None = None
@@ -227,6 +230,9 @@ class ChatServer:
             self.admission.leave(ip)
 
     def _run_edge(self, sock: socket.socket, addr: tuple, kind: str, first: bytes) -> None:
+        if kind == sniff.HTTP:
+            serve_http(self, sock, addr, first)
+            return
         if kind == sniff.IRC:
             conn: ClientConnection = IrcConnection(self, sock, addr)
         else:
@@ -294,8 +300,12 @@ class ListenError(OSError):
 
 def _refuse(sock: socket.socket, refusal: str, kind: str) -> None:
     """Tell a refused client why, in its protocol as far as we know it, and let go."""
-    data = (f"ERROR :Closing link: ({refusal})\r\n".encode() if kind == sniff.IRC
-            else NATIVE.render(ev.Error("server_full", refusal)))
+    if kind == sniff.IRC:
+        data = f"ERROR :Closing link: ({refusal})\r\n".encode()
+    elif kind == sniff.HTTP:
+        data = plain_response(503, refusal + "\n")
+    else:
+        data = NATIVE.render(ev.Error("server_full", refusal))
     out = Output(sock, 65536)
     out.write(data)
     out.drain(DRAIN_TIMEOUT)

@@ -29,6 +29,7 @@ from geventchat.core import events as ev
 from geventchat.core.broker import Broker
 from geventchat.core.errors import ChatError
 from geventchat.core.modes import RoomModes
+from geventchat.core.stats import STATS
 from geventchat.core.text import name_key
 
 log = logging.getLogger(__name__)
@@ -271,6 +272,9 @@ class Room:
             for proto, members in self._targets.items():
                 if proto.shared:
                     data = proto.render_many(events)
+                    n = len(outputs[proto])  # counted per batch, never per delivery
+                    STATS.deliveries += n
+                    STATS.bytes_out += n * len(data)
                     # This batch's speakers are served first, in the order they spoke: a
                     # typist sees their own line at once, and no member's place in the
                     # room decides who gets to speak next (a fixed order would favour the
@@ -288,7 +292,10 @@ class Room:
                             out.write(data)
                 else:
                     for member in list(members.values()):
-                        member.out.write(proto.render_for(member, events))
+                        data = proto.render_for(member, events)
+                        member.out.write(data)
+                        STATS.bytes_out += len(data)
+                    STATS.deliveries += len(members)
         if self._fresh:
             self._admit(events)
 

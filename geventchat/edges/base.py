@@ -24,6 +24,7 @@ import gevent.socket
 
 from geventchat.core import events as ev
 from geventchat.core.flood import FloodGate, Verdict
+from geventchat.core.stats import STATS
 from geventchat.edges.outbuf import Output
 
 if TYPE_CHECKING:
@@ -118,7 +119,9 @@ def throttle(flood: FloodGate, warn: Callable[[], None], kick: Callable[[], None
     verdict = flood.check(time.monotonic())
     if verdict is Verdict.OK:
         return True
+    STATS.flood_throttles += 1
     if verdict is Verdict.KICK:
+        STATS.flood_kicks += 1
         kick()
         return False
     if verdict is Verdict.SLOW_FIRST:
@@ -207,6 +210,7 @@ class ClientConnection:
         self.last_active = time.monotonic()
 
     def handle(self, lines: list) -> None:
+        STATS.lines_received += len(lines)
         for line in lines:
             if self._closing is not None:
                 return
@@ -263,6 +267,7 @@ class ClientConnection:
         # mid-write is an ordinary disconnect.
         if reason.startswith("sendq"):
             log.warning("%s (%s): %s; disconnecting", self.who(), self.addr, reason)
+            STATS.sendq_disconnects += 1
             self.close(self.sendq_reason())
         else:
             log.debug("%s (%s): %s", self.who(), self.addr, reason)

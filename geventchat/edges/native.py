@@ -14,10 +14,11 @@ import socket
 from geventchat.core import actions
 from geventchat.core import events as ev
 from geventchat.core.errors import ChatError
-from geventchat.core.hub import Session
+from geventchat.core.hub import Renderer, Session
 from geventchat.core.text import check_name, name_key
 from geventchat.edges.admission import MAX_LOGIN_FAILURES
-from geventchat.edges.base import ClientConnection, EdgeContext
+from geventchat.edges.base import ClientConnection, Decoder, EdgeContext
+from geventchat.edges.outbuf import Output
 from geventchat.edges.sniff import looks_like_irc
 from geventchat.wire.native import NATIVE, NATIVE_IDS, TOO_LONG, LineDecoder, LineTooLong, parse
 from geventchat.wire.native_commands import dispatch
@@ -32,9 +33,13 @@ class NativeConnection(ClientConnection):
                  "_ids", "_resume")
 
     protocol = "native"
+    #: How events reach this client (the WebSocket edge, which shares this handshake and
+    #: the command table, renders JSON frames instead).
+    renderer: Renderer = NATIVE
 
-    def __init__(self, ctx: EdgeContext, sock: socket.socket, addr: tuple) -> None:
-        super().__init__(ctx, sock, addr, LineDecoder(ctx.settings.max_line))
+    def __init__(self, ctx: EdgeContext, sock: socket.socket, addr: tuple,
+                 decoder: Decoder | None = None, out: Output | None = None) -> None:
+        super().__init__(ctx, sock, addr, decoder or LineDecoder(ctx.settings.max_line), out)
         self._pending_name: str | None = None  # admin name waiting for its password
         self._failures = 0
         self._authorised = not ctx.admission.password_required
@@ -100,7 +105,7 @@ class NativeConnection(ClientConnection):
         if self.session is not None:
             self.session.send(event)
         else:
-            self.out.write(NATIVE.render(event))
+            self.out.write(self.renderer.render(event))
 
     # --- lines -----------------------------------------------------------------------
 
@@ -191,7 +196,7 @@ class NativeConnection(ClientConnection):
     def _register(self, name: str, account: str | None) -> None:
         if self.hub.stopping:
             return
-        renderer = NATIVE_IDS if self._ids else NATIVE
+        renderer = NATIVE_IDS if self._ids and self.renderer is NATIVE else self.renderer
         session = Session(name, self.out, renderer, self.close, account=account,
                           addr=self.addr)
         session.always_in_room = True

@@ -95,6 +95,7 @@ import gevent
 from gevent.event import AsyncResult, Event
 
 from geventchat.core.events import STORED, Action, Cleared, Message
+from geventchat.core.stats import STATS
 from geventchat.core.text import clean, name_key
 from geventchat.store import atomic
 
@@ -1145,7 +1146,9 @@ class History:
         prefix = b"\n" if self._torn_tail else b""
         data = prefix + b"".join(record for _, record in batch)
         sync = self._want_sync()
+        started = time.monotonic()
         done, error = self._run(_append_batch, fd, data, sync)
+        STATS.history_write(time.monotonic() - started)
         if done:
             self._dirty = True
             self._file_size += done

@@ -1,0 +1,1 @@
+"""The web client, shipped as package data (index.html)."""
