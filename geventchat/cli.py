@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
+import os
 import resource
 import socket
 import ssl
@@ -87,6 +88,16 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="the server name IRC clients see (default: this host's name)")
     p.add_argument("--motd", type=Path, metavar="FILE",
                    help="message of the day shown to IRC clients (default: none, 422)")
+    p.add_argument("--redis", metavar="URL", default=os.environ.get("GEVENTCHAT_REDIS_URL"),
+                   help="run as one node of a cluster sharing this Redis (or Valkey), e.g. "
+                        "redis://HOST:6379/0, rediss://:PASSWORD@HOST:6380/0 (default: "
+                        "$GEVENTCHAT_REDIS_URL; unset: one process, file history)")
+    p.add_argument("--node-name", metavar="NAME",
+                   help="this node's name in logs and admin output (default: host name "
+                        "and port)")
+    p.add_argument("--presence-ttl", type=float, default=30.0, metavar="SECONDS",
+                   help="with --redis: a node that stops (kill -9, power loss) has its users "
+                        "announced gone within this time (default: %(default)s)")
     p.add_argument("--log-level", default="INFO",
                    choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                    help="log verbosity on stderr (default: %(default)s)")
@@ -163,7 +174,8 @@ def _serve(args: argparse.Namespace) -> int:
         max_per_ip=args.max_per_ip, rate_limit=args.rate_limit, rate_burst=args.rate_burst,
         fsync=args.fsync, history_max=args.history_max, password_file=args.password_file,
         tls_cert=args.tls_cert, tls_key=args.tls_key, irc_port=args.irc_port,
-        server_name=args.server_name, motd=args.motd,
+        server_name=args.server_name, motd=args.motd, redis_url=args.redis or None,
+        node_name=args.node_name, presence_ttl=args.presence_ttl,
     )
     if bool(args.tls_cert) != bool(args.tls_key):
         print("geventchat: --tls-cert and --tls-key go together", file=sys.stderr)

@@ -43,3 +43,8 @@ class Settings:
     server_name: str = field(default_factory=socket.gethostname)
     motd: Path | None = None
     stop_timeout: float = 5.0
+    #: Cluster mode (``--redis``): the Redis URL, this node's name (default: host name and
+    #: port), and how long a dead node's users stay listed.
+    redis_url: str | None = None
+    node_name: str | None = None
+    presence_ttl: float = 30.0

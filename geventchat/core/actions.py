@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 
 from geventchat.core import events as ev
+from geventchat.core.directory import RemoteUser
 from geventchat.core.errors import ChatError
 from geventchat.core.hub import Hub, Room, Session
 from geventchat.core.text import check_name, name_key
@@ -30,6 +31,14 @@ audit = logging.getLogger("geventchat.audit")
 
 def find_user(hub: Hub, name: str) -> Session:
     target = hub.find(name)
+    if target is None:
+        raise ChatError("no_such_user", f"no such user: {name}", name)
+    return target
+
+
+def find_anywhere(hub: Hub, name: str) -> Session | RemoteUser:
+    """A user on this node, or on another one (a cluster asks the directory: may wait)."""
+    target = hub.find(name) or hub.directory.locate(name)
     if target is None:
         raise ChatError("no_such_user", f"no such user: {name}", name)
     return target
@@ -73,12 +82,15 @@ def say(hub: Hub, me: Session, room: Room, text: str, action: bool = False) -> N
              else ev.Message(me.name, text, room.name))
 
 
-def private_message(hub: Hub, me: Session, name: str, text: str) -> Session:
+def private_message(hub: Hub, me: Session, name: str, text: str) -> Session | RemoteUser:
     """A private line to ``name``: the target reads it, the sender sees its echo (IRC
     renders that echo only with ``echo-message``). Never stored. Returns the target."""
-    target = find_user(hub, name)
+    target = find_anywhere(hub, name)
     event = ev.PrivateMessage(me.name, target.name, text)
-    target.send(event)
+    if isinstance(target, RemoteUser):
+        hub.directory.send(target, "pm", sender=me.name, text=text)
+    else:
+        target.send(event)
     if target is not me:
         me.send(event)
     return target
@@ -100,10 +112,11 @@ def join(hub: Hub, me: Session, name: str, max_rooms: int = 0) -> Room | None:
                         name)
     room = room or hub.room(room_name)
     hub.broker.prepare(room)  # may wait for the history: outside any hub call
+    op = hub.directory.enter(me, room)  # a cluster decides its operator once (may wait)
     old = me.room if me.always_in_room else None
     if old is not None and old is not room and old.key in me.rooms:
         hub.part(me, old, ev.Left(me.name, f"to {room.name}", old.name))
-    if not hub.join(me, room):
+    if not hub.join(me, room, op):
         return None
     return room
 
@@ -128,22 +141,36 @@ def set_topic(hub: Hub, me: Session, room: Room, text: str) -> None:
     room.set_topic(me.name, text)
 
 
-def kick(hub: Hub, me: Session, room: Room, name: str, reason: str = "") -> Session:
+def kick(hub: Hub, me: Session, room: Room, name: str,
+         reason: str = "") -> Session | RemoteUser:
     """Move ``name`` out of ``room`` (its operators, and admins). A user who must always be
     somewhere lands in the lobby."""
     require_operator(me, room)
-    target = find_user(hub, name)
+    target = find_anywhere(hub, name)
+    if isinstance(target, RemoteUser):
+        if target.key not in room.remote:
+            raise ChatError("target_not_member", f"{target.name} is not in {room.name}",
+                            target.name, room.name)
+        audit.info("kick: %s (%s) kicked %s (on node %s) from %s: %s", me.name, me.addr,
+                   target.name, target.node, room.name, reason)
+        hub.directory.send(target, "kick", by=me.name, room=room.name, reason=reason)
+        return target
     if room.key not in target.rooms:
         raise ChatError("target_not_member", f"{target.name} is not in {room.name}",
                         target.name, room.name)
-    event = ev.Kicked(target.name, me.name, reason, room.name)
+    kicked(hub, target, room, me.name, reason)
     audit.info("kick: %s (%s) kicked %s from %s: %s", me.name, me.addr, target.name,
                room.name, reason)
+    return target
+
+
+def kicked(hub: Hub, target: Session, room: Room, by: str, reason: str) -> None:
+    """The kick itself, on the kicked user's node."""
+    event = ev.Kicked(target.name, by, reason, room.name)
     target.send(event)
     hub.part(target, room, event)
     if target.always_in_room and not target.rooms:
         hub.join(target, hub.lobby)
-    return target
 
 
 def set_op(hub: Hub, me: Session, room: Room, name: str, give: bool,
@@ -192,8 +219,26 @@ def rename(hub: Hub, me: Session, new: str) -> bool:
         return False
     if hub.admins.is_admin(new) and name_key(new) != me.account:
         raise ChatError("reserved_name", f"that name belongs to an admin account: {new}", new)
-    hub.rename(me, new)
+    hub.check_free(new, me=me)
+    hub.directory.claim(new, me)  # unique on every node (may wait)
+    try:
+        hub.rename(me, new)
+    except ChatError:
+        hub.directory.release(new)
+        raise
     return True
+
+
+def register(hub: Hub, session: Session, join_lobby: bool = True) -> None:
+    """Make ``session`` a user: its name is claimed for the whole cluster (may wait),
+    then the hub registers it (and re-checks the name locally)."""
+    hub.check_free(session.name)
+    hub.directory.claim(session.name)
+    try:
+        hub.register(session, join_lobby)
+    except ChatError:
+        hub.directory.release(session.name)
+        raise
 
 
 def check_new_name(hub: Hub, name: str, me: Session | None = None) -> str:
@@ -224,11 +269,16 @@ def quit(hub: Hub, me: Session, reason: str = "") -> None:
 # --- admin -----------------------------------------------------------------------------------
 
 
-def kill(hub: Hub, me: Session, name: str, reason: str = "") -> Session:
+def kill(hub: Hub, me: Session, name: str, reason: str = "") -> Session | RemoteUser:
     """Disconnect ``name`` from the server (admins); it and everyone sharing a room with it
     see why."""
     require_admin(me, "disconnecting users")
-    target = find_user(hub, name)
+    target = find_anywhere(hub, name)
+    if isinstance(target, RemoteUser):
+        audit.info("kill: %s (%s) disconnected %s (on node %s): %s", me.name, me.addr,
+                   target.name, target.node, reason)
+        hub.directory.send(target, "kill", by=me.name, reason=reason)
+        return target
     audit.info("kill: %s (%s) disconnected %s (%s): %s", me.name, me.addr, target.name,
                target.addr, reason)
     disconnect(hub, target, me.name, reason)
@@ -253,4 +303,13 @@ def shutdown(hub: Hub, me: Session, reason: str = "") -> None:
     """Stop the server gracefully (admins)."""
     require_admin(me, "stopping the server")
     audit.info("shutdown: requested by %s (%s): %s", me.name, me.addr, reason)
+    hub.directory.shutdown(reason or f"by {me.name}")  # every node of a cluster
     hub.request_shutdown(reason or f"by {me.name}")
+
+
+def list_rooms(hub: Hub) -> list[tuple[str, int]]:
+    """Rooms in use and their member counts, lobby first (every node's, in a cluster)."""
+    rooms = hub.directory.rooms()
+    if rooms is None:
+        return [(r.name, len(r.members)) for r in hub.active_rooms()]
+    return rooms

@@ -26,6 +26,7 @@ import gevent
 
 from geventchat.core import events as ev
 from geventchat.core.broker import Broker
+from geventchat.core.directory import Directory, LocalDirectory
 from geventchat.core.errors import ChatError
 from geventchat.core.text import name_key
 
@@ -161,6 +162,8 @@ class Room:
         self.topic = ""
         self.topic_locked = True  # IRC +t: only operators set the topic
         self.members: dict[str, Session] = {}
+        #: Members on other nodes (cluster only): key -> name, kept by the broker.
+        self.remote: dict[str, str] = {}
         self.ops: set[str] = set()  # keys of room operators (admins are ops everywhere)
         # Members grouped by protocol so each batch is rendered once per protocol.
         self._targets: dict[Renderer, dict[str, Session]] = {}
@@ -321,8 +324,10 @@ class Room:
     def is_op(self, session: Session) -> bool:
         return session.is_admin or session.key in self.ops
 
-    def join(self, session: Session) -> None:
+    def join(self, session: Session, op: bool | None = None) -> None:
         """Add ``session``: it reads the history and its own join; the others its join.
+        ``op``: whether it runs the room (a cluster decides once for every node); by
+        default the first member does.
 
         No flush here, so a thousand joins in one loop pass cost one batch per member, not
         a thousand: the newcomer skips the part of the pending batch that precedes it (those
@@ -332,7 +337,7 @@ class Room:
             return
         replay = self.recent()
         joined = ev.Joined(session.name, self.name)
-        if not self.members and self.key != LOBBY_NAME:
+        if (not self.members if op is None else op) and self.key != LOBBY_NAME:
             self.ops.add(session.key)  # the first in a new room runs it
         self.presence(joined if self.members else None)
         self.members[session.key] = session
@@ -387,12 +392,24 @@ class Room:
             self.ops.discard(old_key)
             self.ops.add(session.key)
 
+    def set_remote(self, key: str, name: str | None) -> None:
+        """A member on another node came (``name``) or went (None)."""
+        if name is None:
+            if self.remote.pop(key, None) is not None:
+                self._membership += 1
+        elif self.remote.get(key) != name:
+            self.remote[key] = name
+            self._membership += 1
+
     def names(self) -> list[str]:
         """Members' names, sorted; cached until the membership changes (``/who`` and
         NAMES at line rate must not sort the room each time)."""
         cached = self._names
         if cached is None or cached[0] != self._membership:
-            names = sorted((s.name for s in self.members.values()), key=str.casefold)
+            names = [s.name for s in self.members.values()]
+            if self.remote:
+                names += [n for k, n in self.remote.items() if k not in self.members]
+            names.sort(key=str.casefold)
             self._names = cached = (self._membership, names)
         return cached[1]
 
@@ -415,9 +432,11 @@ class Hub:
     one; so a hub change is atomic as seen by every other greenlet.
     """
 
-    def __init__(self, broker: Broker, admins: AdminDirectory) -> None:
+    def __init__(self, broker: Broker, admins: AdminDirectory,
+                 directory: Directory | None = None) -> None:
         self.broker = broker
         self.admins = admins
+        self.directory: Directory = directory or LocalDirectory()
         self.users: dict[str, Session] = {}
         self.rooms: dict[str, Room] = {}
         self.lobby = self.room(LOBBY_NAME)
@@ -441,7 +460,7 @@ class Hub:
     def find_room(self, name: str) -> Room | None:
         return self.rooms.get(name_key(name))
 
-    def join(self, session: Session, room: Room) -> bool:
+    def join(self, session: Session, room: Room, op: bool | None = None) -> bool:
         """Put ``session`` in ``room``; False (and nothing changes) if the session is no
         longer registered (killed while its join was being prepared)."""
         if self.users.get(session.key) is not session:
@@ -450,11 +469,13 @@ class Hub:
         if self.rooms.get(room.key) is not room:
             # The room was emptied and dropped while the caller prepared it: use it again.
             self.rooms[room.key] = room
-        room.join(session)
+        room.join(session, op)
+        self.directory.joined(session, room)
         return True
 
     def part(self, session: Session, room: Room, event: ev.Event | None) -> None:
         """Take ``session`` out of ``room``; drop the room from memory once it is empty."""
+        self.directory.parted(session, room, event)
         room.leave(session, event)
         self._collect(room)
 
@@ -496,12 +517,14 @@ class Hub:
         log.info("%s joined from %s", session.name, session.addr)
         if join_lobby:
             self.lobby.join(session)
+            self.directory.joined(session, self.lobby)
 
     def unregister(self, session: Session, event: ev.Quit | ev.Killed | None) -> None:
         """Remove ``session`` everywhere; ``event`` tells those who shared a room with it."""
         if self.users.get(session.key) is not session:
             return
         del self.users[session.key]
+        self.directory.gone(session, event)
         if session.is_admin:
             self.opers -= 1
         if "i" in session.extra.get("modes", ()):
@@ -524,6 +547,7 @@ class Hub:
         self.users[session.key] = session
         for room in session.rooms.values():
             room.rekey(session, old_key)
+        self.directory.renamed(session, old, old_key)
         log.info("%s is now known as %s", old, new)
 
     def announce(self, session: Session, event: ev.Event, include_self: bool) -> None:

@@ -391,7 +391,7 @@ class IrcConnection(ClientConnection):
         session.extra = {"user": self.user, "realname": self.realname, "away": "",
                          "modes": set()}
         try:
-            self.hub.register(session, join_lobby=False)  # re-checks the name
+            actions.register(self.hub, session, join_lobby=False)  # re-checks the name
         except ChatError:
             self.reply(irc.ERR_NICKNAMEINUSE, self.nick, text="Nickname is already in use")
             self.nick = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 
+from geventchat.core import actions
 from geventchat.core import events as ev
 from geventchat.core.errors import ChatError
 from geventchat.core.hub import Session
@@ -172,7 +173,7 @@ class NativeConnection(ClientConnection):
         session = Session(name, self.out, NATIVE, self.close, account=account, addr=self.addr)
         session.always_in_room = True
         try:
-            self.hub.register(session)  # re-checks the name: it may have gone meanwhile
+            actions.register(self.hub, session)  # re-checks: it may have gone meanwhile
         except ChatError as exc:
             self.send(exc.event())
             self.send(ev.Prompt("name"))

@@ -95,8 +95,8 @@ def _join(hub: Hub, me: Session, arg: str) -> None:
 
 
 def _rooms(hub: Hub, me: Session, arg: str) -> None:
-    rooms = hub.active_rooms()
-    listing = ", ".join(f"{r.name} ({len(r.members)})" for r in rooms)
+    rooms = actions.list_rooms(hub)
+    listing = ", ".join(f"{name} ({count})" for name, count in rooms)
     me.send(ev.Notice(f"rooms ({len(rooms)}): {listing}"))
 
 
