@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -107,3 +108,216 @@ def _can_take(node: ServerProcess, name: str) -> bool:
         return c.line() != f"! name taken: {name}"
     finally:
         c.close()
+
+
+def test_who_and_rooms_see_every_node(cluster) -> None:
+    a, b = cluster("a"), cluster("b")
+    alice = a.connect("alice")
+    bob = b.connect("bob")
+    alice.expect("* bob joined")
+    alice.send("/who")
+    alice.expect("* online (2): alice, bob")
+    bob.send("/who")
+    bob.expect("* online (2): alice, bob")
+    bob.send("/join dev")
+    bob.expect("* bob joined")
+    alice.send("/rooms")
+    alice.expect("* rooms (2): lobby (1), dev (1)")
+
+
+def test_private_message_across_nodes(cluster) -> None:
+    a, b = cluster("a"), cluster("b")
+    alice = a.connect("alice")
+    bob = b.connect("bob")
+    alice.expect("* bob joined")
+    alice.send("/msg bob psst")
+    bob.expect("(private) alice -> bob: psst")
+    alice.expect("(private) alice -> bob: psst")
+    bob.send("/msg nobody hi")
+    bob.expect("! no such user: nobody")
+
+
+def test_kick_and_kill_across_nodes(cluster) -> None:
+    a = cluster("a", admins={"root": "secret-pw"})
+    b = cluster("b")
+    root = a.connect("root", "secret-pw")
+    alice = a.connect("alice")
+    bob = b.connect("bob")
+    carol = b.connect("carol")
+    alice.send("/join dev")
+    alice.expect("* alice joined")
+    bob.send("/join dev")
+    bob.expect("* bob joined")
+    alice.expect("* bob joined")
+    # the operator was decided once for the cluster: bob (second in) is not one
+    bob.send("/kick alice")
+    bob.expect("! permission denied: /kick is for admins and room operators")
+    alice.send("/kick bob enough")
+    bob.expect("* bob was kicked from dev by alice: enough")
+    alice.expect("* bob was kicked from dev by alice: enough")
+    bob.expect("* bob joined")  # back in the lobby
+    bob.send("/who")
+    bob.expect("* online (3): bob, carol, root")
+    # an admin's kick disconnects a user of another node
+    root.send("/kick carol bye")
+    lines = carol.closed()
+    assert "* carol was kicked by root: bye" in lines
+    root.expect("* carol was kicked by root: bye")
+    bob.expect("* carol was kicked by root: bye")
+
+
+def test_history_and_clear_cross_nodes(cluster) -> None:
+    a = cluster("a")
+    b = cluster("b", admins={"root": "secret-pw"})
+    alice = a.connect("alice")
+    for i in range(3):
+        alice.send(f"old {i}")
+    alice.expect("alice: old 2")
+    # a node with empty disks replays the room's history from Redis
+    bob = b.connect()
+    assert bob.line() == "? name:"
+    bob.send("bob")
+    seen = bob.expect("* bob joined")
+    assert seen[:-1] == ["alice: old 0", "alice: old 1", "alice: old 2"]
+    root = b.connect("root", "secret-pw")
+    root.send("/clear")
+    alice.expect("* history cleared by root")
+    bob.expect("* history cleared by root")
+    alice.send("new line")
+    bob.expect("alice: new line")
+    later = a.connect()
+    assert later.line() == "? name:"
+    later.send("dave")
+    assert later.expect("* dave joined")[:-1] == ["* history cleared by root",
+                                                   "alice: new line"]
+
+
+def test_shutdown_stops_every_node(cluster) -> None:
+    a = cluster("a", admins={"root": "secret-pw"})
+    b = cluster("b")
+    root = a.connect("root", "secret-pw")
+    bob = b.connect("bob")
+    root.expect("* bob joined")
+    root.send("/shutdown maintenance")
+    assert "* server shutting down: maintenance" in bob.closed()
+    assert a.proc.wait(15) == 0
+    assert b.proc.wait(15) == 0
+
+
+def test_sigterm_stops_only_one_node(cluster) -> None:
+    a, b = cluster("a"), cluster("b")
+    alice = a.connect("alice")
+    _bob = b.connect("bob")
+    alice.expect("* bob joined")
+    assert b.stop() == 0
+    alice.expect("* bob left (server stopped)")
+    alice.send("/who")
+    alice.expect("* online (1): alice")
+
+
+class IrcClient(LineClient):
+    def irc(self, line: str) -> None:
+        self.send(line + "\r")
+
+    def want(self, pattern: str) -> list[str]:
+        return self.expect(re.compile(pattern))
+
+
+def test_irc_user_on_one_node_native_on_another(cluster) -> None:
+    a, b = cluster("a"), cluster("b")
+    ian = IrcClient(a.port)
+    ian.irc("NICK ian")
+    ian.irc("USER ian 0 * :Ian")
+    ian.want(r" 001 ian ")
+    ian.irc("JOIN #lobby")
+    ian.want(r" 366 ian #lobby ")
+    bob = b.connect("bob")
+    ian.want(r"^:bob!\S+ JOIN #lobby")
+    bob.send("/who")
+    bob.expect("* online (2): bob, ian")
+    ian.irc("NAMES #lobby")
+    names = ian.want(r" 366 ian #lobby ")
+    assert any(re.search(r" 353 ian = #lobby :.*\bbob\b", x) for x in names), names
+    ian.irc("WHOIS bob")
+    assert any(" 311 ian bob " in x for x in ian.want(r" 318 ian bob "))
+    ian.irc("LIST")
+    assert any(" 322 ian #lobby 2 " in x for x in ian.want(r" 323 ian "))
+    ian.irc("PRIVMSG #lobby :hello from irc")
+    bob.expect("ian: hello from irc")
+    bob.send("hi ian")
+    ian.want(r"^:bob!\S+ PRIVMSG #lobby :hi ian\r?$")
+    bob.send("/msg ian private hi")
+    ian.want(r"^:bob!\S+ PRIVMSG ian :private hi\r?$")
+    ian.irc("PRIVMSG bob :back at you")
+    bob.expect("(private) ian -> bob: back at you")
+
+
+def test_killed_node_users_are_announced_gone(cluster) -> None:
+    a, b = cluster("a"), cluster("b")
+    alice = a.connect("alice")
+    _bob = b.connect("bob")
+    alice.expect("* bob joined")
+    start = time.monotonic()
+    b.proc.send_signal(signal.SIGKILL)
+    b.proc.wait(10)
+    alice.expect(re.compile(r"^\* bob left"), timeout=TTL + 5)
+    assert time.monotonic() - start <= TTL + 1.5
+    alice.send("/who")
+    alice.expect("* online (1): alice")
+    c = a.connect("bob")  # the name is free again
+    c.send("still here")
+    alice.expect("bob: still here")
+    # exactly once: no second notice
+    alice.send("marker")
+    lines = alice.expect("alice: marker")
+    assert not any(x.startswith("* bob left") for x in lines)
+
+
+def test_redis_restart_under_traffic(cluster) -> None:
+    a, b = cluster("a"), cluster("b")
+    alice = a.connect("alice")
+    bob = b.connect("bob")
+    alice.expect("* bob joined")
+    cluster.redis.kill()
+    alice.send("into the void")
+    alice.expect("! not delivered: chat backplane unavailable")
+    cluster.redis.start()  # same port, empty: every room starts afresh
+    deadline = time.monotonic() + 15
+    i = 0
+    while True:  # chat resumes by itself
+        alice.send(f"retry {i}")
+        try:
+            bob.expect(re.compile(r"^alice: retry \d+$"), timeout=0.5)
+            break
+        except AssertionError:
+            assert time.monotonic() < deadline, "chat did not resume"
+        i += 1
+    bob.send("and back")
+    alice.expect("bob: and back")
+    # presence was registered again: names stay unique after the restart
+    b.wait_log("presence registered again")
+    other = a.connect()
+    assert other.line() == "? name:"
+    other.send("bob")
+    assert other.line() == "! name taken: bob"
+
+
+def test_subscriber_over_output_buffer_limit_recovers(cluster) -> None:
+    a, b = cluster("a"), cluster("b")
+    alice = a.connect("alice")
+    bob = b.connect("bob")
+    alice.expect("* bob joined")
+    cluster.redis.client().config_set("client-output-buffer-limit", "pubsub 64kb 32kb 1")
+    n = 1500
+    b.proc.send_signal(signal.SIGSTOP)  # node b stops reading: Redis cuts its subscriber
+    try:
+        pad = "x" * 150
+        for i in range(n):
+            alice.send(f"flood {i} {pad}")
+        alice.expect(f"alice: flood {n - 1} {pad}", timeout=30)
+        time.sleep(0.5)
+    finally:
+        b.proc.send_signal(signal.SIGCONT)
+    got = chat_lines(bob, "alice: flood ", n, timeout=30)
+    assert got == [f"alice: flood {i} {pad}" for i in range(n)]
+    b.wait_log("subscription (lost|restored)")

@@ -28,6 +28,7 @@ class RemoteUser:
     """A user connected to another node: enough to address it (``/msg``, kick, kill)."""
 
     __slots__ = ("name", "key", "node")
+    is_admin = False
     extra: Mapping[str, object] = MappingProxyType({})
     rooms: Mapping[str, object] = MappingProxyType({})
 

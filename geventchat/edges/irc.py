@@ -447,7 +447,7 @@ class IrcConnection(ClientConnection):
         return room
 
     def find_user(self, nick: str) -> Session:
-        target = self.hub.find(nick)
+        target = self.hub.find(nick) or self.hub.directory.locate(nick)
         if target is None:
             raise IrcError(irc.ERR_NOSUCHNICK, word(nick), text="No such nick/channel")
         return target
@@ -803,6 +803,9 @@ def _who(c: IrcConnection, m: IrcLine) -> None:
         if room is not None:
             chan = channel(room.name)
             lines = [_who_line(c, s, chan, room) for s in room.members.values()]
+            lines += [c.numeric(irc.RPL_WHOREPLY, chan, n, c.net.name, c.net.name, n,
+                                "H@" if k in room.ops else "H", text=f"0 {n}")
+                      for k, n in room.remote.items() if k not in room.members]
     else:
         me = c.me
         pattern = "*" if mask == "0" else name_key(mask)
@@ -851,14 +854,16 @@ def _away(c: IrcConnection, m: IrcLine) -> None:
 
 
 def _list(c: IrcConnection, m: IrcLine) -> None:
-    rooms = c.hub.active_rooms()
+    rooms = actions.list_rooms(c.hub)  # every node's, in a cluster
     if m.param(0):
         wanted = {name_key(n[1:]) for n in m.params[0].split(",") if n.startswith("#")}
-        rooms = [r for r in rooms if r.key in wanted]
+        rooms = [r for r in rooms if name_key(r[0]) in wanted]
     rooms = rooms[:MAX_LIST]
     lines = [c.numeric(irc.RPL_LISTSTART, "Channel", text="Users  Name")]
-    lines += [c.numeric(irc.RPL_LIST, channel(r.name), str(len(r.members)), text=r.topic)
-              for r in rooms]
+    for name, count in rooms:
+        room = c.hub.find_room(name)
+        lines.append(c.numeric(irc.RPL_LIST, channel(name), str(count),
+                               text=room.topic if room is not None else ""))
     lines.append(c.numeric(irc.RPL_LISTEND, text="End of /LIST"))
     c.write_lines(lines)
 

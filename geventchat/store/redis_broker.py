@@ -196,6 +196,7 @@ class RedisBroker:
         self._scheduled = False
         self._subs: list[tuple[str, str]] = []  # ("sub"|"unsub", channel) for the reader
         self._recover: set[str] = set()
+        self._need_resync = False
         self.up = False
         self._closing = False
         self._greenlets: list[gevent.Greenlet] = []
@@ -303,6 +304,13 @@ class RedisBroker:
                 self._fail(self._take())
                 self._reconnect()
                 continue
+            if self._need_resync:
+                self._need_resync = False
+                try:
+                    self._resync()
+                except _DOWN + (redis.RedisError,) as exc:
+                    self._went_down(exc)
+                    continue
             taken = self._take()
             if taken[0] or taken[1]:
                 self._write(taken)
@@ -435,14 +443,17 @@ class RedisBroker:
             return
         pipe = self.cmd.pipeline(transaction=False)
         ttl = int(self.ttl * 1000 * 2 / 3)
+        n = 0
         for session in self.hub.sessions():
             pipe.execute_command(*self._script("claim", session.key, self._info(session),
                                                ttl, self.history_max, EVENTS_MAX,
                                                session.key))
+            n += 1
             for room in session.rooms.values():
                 pipe.execute_command(*self._script(
                     "enter", room.key, room.name, session.key, session.name, "1"))
         pipe.execute()
+        log.info("presence registered again: %d users of this node", n)
 
     # --- the reader ----------------------------------------------------------------------
 
@@ -458,6 +469,9 @@ class RedisBroker:
                 if not first:
                     log.warning("subscription restored: filling gaps from the streams")
                     self._recover.update(k for k, s in self._rooms.items() if s.ready)
+                    # Redis may have restarted empty: register this node's users again.
+                    self._need_resync = True
+                    self._wake.set()
                 first = False
                 delay = BACKOFF[0]
                 self._read(pubsub)
@@ -852,6 +866,8 @@ class RedisBroker:
             self._pub(room, "u", event, self.node)
 
     def gone(self, session: Session, event: ev.Event | None) -> None:
+        if event is None and self.hub is not None and self.hub.stopping:
+            event = ev.Quit(session.name, "server stopped")  # the other nodes stay
         if event is not None:
             for room in session.rooms.values():
                 self._pub(room, "u", event, self.node)

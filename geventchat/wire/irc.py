@@ -484,6 +484,9 @@ class IrcRenderer:
         chan = channel(room.name)
         members = sorted(room.members.values(), key=lambda s: s.name.casefold())
         words = [("@" if room.is_op(s) else "") + s.name for s in members]
+        if room.remote:  # members on other nodes of a cluster
+            words += [("@" if k in room.ops else "") + n for k, n in room.remote.items()
+                      if k not in room.members]
         head = len(self.numeric(RPL_NAMREPLY, me, "=", chan, trailing="").encode())
         lines = [self.numeric(RPL_NAMREPLY, me, "=", chan, trailing=chunk)
                  for chunk in _pack(words, BODY_ROOM - head)] if words else []
