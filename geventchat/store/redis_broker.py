@@ -66,6 +66,8 @@ CALL_TIMEOUT = 5.0
 #: The reader's poll: also how soon it takes up a new subscription.
 POLL = 0.05
 BACKOFF = (0.1, 2.0)
+#: Batches kept for a room while its history loads or a gap is filled.
+BUFFER_MAX = 10000
 
 NOT_DELIVERED = ev.Error("not_delivered", "not delivered: chat backplane unavailable")
 _PRESENCE = (ev.Joined, ev.Left, ev.Quit, ev.Kicked, ev.Killed, ev.Renamed)
@@ -538,6 +540,10 @@ class RedisBroker:
 
     def _batch(self, state: _RoomState, data: bytes) -> None:
         if not state.ready or state.recovering:
+            if len(state.buffer) >= BUFFER_MAX:
+                # Waiting too long (Redis slow or gone): drop the buffer; the offsets of
+                # later batches show the gap, and it is filled from the streams.
+                state.buffer.clear()
             state.buffer.append(data)
             return
         epoch, _, rest = data.partition(b"\n")
