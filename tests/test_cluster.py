@@ -321,3 +321,100 @@ def test_subscriber_over_output_buffer_limit_recovers(cluster) -> None:
     got = chat_lines(bob, "alice: flood ", n, timeout=30)
     assert got == [f"alice: flood {i} {pad}" for i in range(n)]
     b.wait_log("subscription (lost|restored)")
+
+
+def _serve(tmp_path: Path, *args: str, env: dict[str, str] | None = None):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "geventchat", "serve", "--host", "127.0.0.1", "--port", "0",
+         "--history", str(tmp_path / "h.txt"), "--admins", str(tmp_path / "a.json"), *args],
+        capture_output=True, text=True, timeout=30, env={**os.environ, **(env or {})})
+
+
+def test_fails_fast_when_redis_is_unreachable(tmp_path: Path) -> None:
+    from tests.redis_server import free_port
+
+    done = _serve(tmp_path, "--redis", f"redis://127.0.0.1:{free_port()}/0")
+    assert done.returncode == 2
+    assert done.stderr.startswith("geventchat: cannot reach Redis at redis://127.0.0.1:")
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_fails_fast_when_redis_refuses_auth(tmp_path: Path) -> None:
+    from tests.redis_server import RedisServer
+
+    server = RedisServer(tmp_path / "redis", None, "--requirepass", "s3cret").start()
+    try:
+        url = f"redis://:wrong@127.0.0.1:{server.port}/0"
+        done = _serve(tmp_path, env={"GEVENTCHAT_REDIS_URL": url})
+        assert done.returncode == 2
+        assert "refused authentication" in done.stderr
+        assert "wrong" not in done.stderr  # the password is never printed
+        assert len(done.stderr.strip().splitlines()) == 1
+        # the right password in the URL works
+        node = ServerProcess(tmp_path, "--redis", f"redis://:s3cret@127.0.0.1:{server.port}/0")
+        node.start()
+        try:
+            node.connect("alice")
+        finally:
+            node.kill()
+    finally:
+        server.kill()
+
+
+def test_failed_logins_are_counted_across_nodes(cluster) -> None:
+    a = cluster("a", admins={"root": "secret-pw"})
+    b = cluster("b")
+    for node in [a, b] * 5:  # 10 wrong admin passwords, spread over both nodes
+        c = node.connect()
+        assert c.line() == "? name:"
+        c.send("root")
+        assert c.line() == "? password:"
+        c.send("wrong")
+        assert c.line() == "! wrong password"
+        c.close()
+    c = a.connect()
+    assert c.line() == "? name:"
+    c.send("root")
+    assert c.line() == "? password:"
+    c.send("secret-pw")  # even the right one: this address is over its limit
+    assert c.line() == "! too many failed logins; try again later"
+
+
+def test_rename_and_topic_cross_nodes(cluster) -> None:
+    a, b = cluster("a"), cluster("b")
+    alice = a.connect("alice")
+    bob = b.connect("bob")
+    alice.expect("* bob joined")
+    bob.send("/nick alice")
+    bob.expect("! name taken: alice")
+    bob.send("/nick robert")
+    alice.expect("* bob is now known as robert")
+    bob.expect("* bob is now known as robert")
+    alice.send("/who")
+    alice.expect("* online (2): alice, robert")
+    alice.send("/join dev")
+    alice.expect("* alice joined")
+    alice.send("/topic shipping today")
+    alice.expect("* alice set the topic of dev: shipping today")
+    bob.send("/join dev")
+    assert "* topic of dev: shipping today" in bob.expect("* topic of dev: shipping today")
+    # the old name is free for someone else
+    c = a.connect("bob")
+    c.send("/who")
+    c.expect("* online (1): bob")  # alice and robert are in dev
+
+
+def test_embedded_mode_does_not_import_redis() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from geventchat import cli, server; from geventchat.config import "
+            "Settings; server.build_hub(Settings()); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('redis', 'hiredis')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=30, cwd=Path(__file__).parent.parent)
+    assert out.stdout.strip() == "[]", out.stderr
