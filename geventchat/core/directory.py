@@ -61,6 +61,10 @@ class Directory(Protocol):
     def shutdown(self, reason: str) -> None:
         """Stop every node (the local one is stopped by the caller too)."""
 
+    def counts(self) -> tuple[int, int] | None:
+        """Users and rooms in use on every node, as last refreshed (never waits; None:
+        use the hub's counters)."""
+
     # --- hooks (hub; never wait) ---
     def joined(self, session: Session, room: Room) -> None: ...
 
@@ -96,6 +100,9 @@ class LocalDirectory:
 
     def shutdown(self, reason: str) -> None:
         pass
+
+    def counts(self) -> tuple[int, int] | None:
+        return None
 
     def joined(self, session: Session, room: Room) -> None:
         pass

@@ -890,11 +890,15 @@ def _lusers(c: IrcConnection, m: IrcLine) -> None:
     hub = c.hub
     users = len(hub.users)
     invisible = hub.invisible
+    channels = hub.channels
+    cluster = hub.directory.counts()  # every node's, refreshed every few seconds
+    if cluster is not None:
+        users, channels = max(users, cluster[0]), cluster[1]
     c.write_lines([
         c.numeric(irc.RPL_LUSERCLIENT, text=f"There are {users - invisible} users and "
                                         f"{invisible} invisible on 1 servers"),
         c.numeric(irc.RPL_LUSEROP, str(hub.opers), text="operator(s) online"),
-        c.numeric(irc.RPL_LUSERCHANNELS, str(hub.channels), text="channels formed"),
+        c.numeric(irc.RPL_LUSERCHANNELS, str(channels), text="channels formed"),
         c.numeric(irc.RPL_LUSERME, text=f"I have {users} clients and 0 servers"),
     ])
 

@@ -199,6 +199,7 @@ class RedisBroker:
         self._subs: list[tuple[str, str]] = []  # ("sub"|"unsub", channel) for the reader
         self._recover: set[str] = set()
         self._need_resync = False
+        self._counts: tuple[int, int] | None = None
         self.up = False
         self._closing = False
         self._greenlets: list[gevent.Greenlet] = []
@@ -895,9 +896,16 @@ class RedisBroker:
                 continue
             keys = [s.key for s in self.hub.sessions()]
             try:
-                self.call(self._script("refresh", ttl, self.history_max, EVENTS_MAX, *keys))
+                _, users, rooms = self.call(
+                    self._script("refresh", ttl, self.history_max, EVENTS_MAX, *keys),
+                    ("HLEN", f"{P}users"), ("HLEN", f"{P}rooms"))
             except BackplaneDown:
-                pass
+                continue
+            if isinstance(users, int) and isinstance(rooms, int):
+                self._counts = (users, rooms)
+
+    def counts(self) -> tuple[int, int] | None:
+        return self._counts
 
 
 def _apply_modes(room: Room, event: ev.ModeChanged) -> None:
