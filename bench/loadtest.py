@@ -192,6 +192,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"connect N idle clients (up to {MAX_IDLE:,}); report server "
         "RSS per connection and registration time",
     )
+    modes.add_argument(
+        "--overlay",
+        type=Path,
+        metavar="SWEEP.json",
+        help="with --sweep: also draw this earlier sweep's points on the plot",
+    )
+    modes.add_argument(
+        "--overlay-label", default="one process", help="legend label for --overlay"
+    )
     modes.add_argument("--json", action="store_true", help="print one JSON line, no summary")
     modes.add_argument("--no-progress", action="store_true", help="no progress bars")
     modes.add_argument(
@@ -698,15 +707,20 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
     args.results_dir.mkdir(parents=True, exist_ok=True)
     (args.results_dir / "sweep.md").write_text(table)
     (args.results_dir / "sweep.json").write_text(json.dumps(points, indent=1) + "\n")
-    report.sweep_plot(points, title, args.results_dir / "sweep.png")
+    others = {}
+    if args.overlay:  # another sweep (e.g. single node) drawn on the same plot
+        others[args.overlay_label] = json.loads(args.overlay.read_text())
+    label = f"{args.nodes} nodes + Redis" if args.redis else "one process"
+    report.sweep_plot(points, title, args.results_dir / "sweep.png", label, others)
     return {"sweep": points, "table": table, "ok": all(p["ok"] for p in points)}
 
 
 def sweep_title(args: argparse.Namespace, first: dict[str, Any]) -> str:
     load = f"window {args.window}" if not args.rate else f"rate {args.rate:g}/s"
     day = datetime.now(UTC).strftime("%Y-%m-%d")
+    target_name = f"{args.target} ({args.nodes} nodes + Redis)" if args.redis else args.target
     return (
-        f"{args.target} sweep {day}: {args.senders} senders, {load}, {args.duration:g} s, "
+        f"{target_name} sweep {day}: {args.senders} senders, {load}, {args.duration:g} s, "
         f"median of {args.runs}, engine {first['engine']}, {os.cpu_count()} cores"
     )
 

@@ -435,3 +435,23 @@ def test_embedded_mode_does_not_import_redis() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=30, cwd=Path(__file__).parent.parent)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_operator_rights_given_across_nodes(cluster) -> None:
+    a, b = cluster("a"), cluster("b")
+    ian = IrcClient(a.port)
+    ian.irc("NICK ian")
+    ian.irc("USER ian 0 * :Ian")
+    ian.want(r" 001 ian ")
+    ian.irc("JOIN #dev")
+    assert any(" 353 ian = #dev :@ian" in x for x in ian.want(r" 366 ian #dev "))
+    bob = b.connect("bob")
+    bob.send("/join dev")
+    bob.expect("* bob joined")
+    ian.want(r"^:bob!\S+ JOIN #dev")
+    bob.send("/topic ours")
+    bob.expect("! permission denied: only operators of dev set its topic")
+    ian.irc("MODE #dev +o bob")
+    bob.expect("* ian set mode +o bob on dev")
+    bob.send("/topic ours now")
+    ian.want(r"^:bob!\S+ TOPIC #dev :ours now")

@@ -174,12 +174,13 @@ def kicked(hub: Hub, target: Session, room: Room, by: str, reason: str) -> None:
 
 
 def set_op(hub: Hub, me: Session, room: Room, name: str, give: bool,
-           announce: bool = True) -> Session:
+           announce: bool = True) -> Session | RemoteUser:
     """Give or take a member's operator status (operators only). With ``announce`` off
     the caller announces several changes as one (:func:`announce_modes`)."""
     require_operator(me, room)
-    target = find_user(hub, name)
-    if room.key not in target.rooms:
+    target = find_anywhere(hub, name)
+    if (target.key not in room.remote if isinstance(target, RemoteUser)
+            else room.key not in target.rooms):
         raise ChatError("target_not_member", f"{target.name} is not in {room.name}",
                         target.name, room.name)
     if give:

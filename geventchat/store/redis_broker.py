@@ -236,11 +236,21 @@ class RedisBroker:
         self.hub = hub
         self._greenlets = [gevent.spawn(self._writer), gevent.spawn(self._reader),
                            gevent.spawn(self._refresher)]
-        self.prepare(hub.lobby)
+        try:
+            self.prepare(hub.lobby)
+        except ChatError:
+            self._closing = True
+            raise StartError(f"Redis at {_safe(self.url)} stopped answering while the "
+                             f"lobby was loaded") from None
 
     def close_all(self, timeout: float) -> None:
         """Shutdown: publish what is queued (quits), then stop the loops."""
         deadline = time.monotonic() + timeout
+        if self.hub is not None and self.up:
+            # The connections close in their own greenlets, maybe after this: tell the
+            # other nodes now that this node's users are leaving (repeats are ignored).
+            for session in self.hub.sessions():
+                self.gone(session, None)
         self._kick_writer()
         while (self._outbox or self._jobs) and self.up and time.monotonic() < deadline:
             gevent.sleep(0.01)
@@ -549,8 +559,11 @@ class RedisBroker:
             return
         epoch, _, rest = data.partition(b"\n")
         if epoch != state.epoch:
-            self._gap(state, data)
-            return
+            first = int(rest.partition(b" ")[0] or 0)
+            if state.epoch is not None or first != state.last + 1:
+                self._gap(state, data)
+                return
+            state.epoch = epoch  # the room's first batch in Redis: nothing missed
         for line in rest.split(b"\n"):
             off_, _, payload = line.partition(b" ")
             off = int(off_)
@@ -570,6 +583,8 @@ class RedisBroker:
     def _fill(self, state: _RoomState) -> None:
         """Fill a gap from the room's streams (reader greenlet; waits for the writer)."""
         key = state.room.key
+        log.info("filling a gap in %s from its streams (after offset %d)", state.room.name,
+                 state.last)
         meta = f"{P}room:{key}:meta"
         try:
             (epoch, offset), = self.call(("HMGET", meta, "epoch", "offset"))
