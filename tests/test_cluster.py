@@ -455,3 +455,23 @@ def test_operator_rights_given_across_nodes(cluster) -> None:
     bob.expect("* ian set mode +o bob on dev")
     bob.send("/topic ours now")
     ian.want(r"^:bob!\S+ TOPIC #dev :ours now")
+
+
+def test_joins_and_leaves_in_the_same_order_as_lines(cluster) -> None:
+    a, b = cluster("a"), cluster("b")
+    o1, o2 = a.connect("obs1"), b.connect("obs2")
+    o1.expect("* obs2 joined")
+    s1, s2 = a.connect("s1"), b.connect("s2")
+    for o in (o1, o2):
+        o.expect("* s2 joined")
+    for i in range(40):
+        s1.send(f"line {i}")
+        s2.send(f"line {i}")
+        if i % 8 == 0:  # someone comes and goes on each node, mid-conversation
+            for node, tag in ((a, "a"), (b, "b")):
+                c = node.connect(f"j{tag}{i}")
+                c.send("/quit")
+    s1.send("END")
+    seen = [o.expect("s1: END") for o in (o1, o2)]
+    assert seen[0] == seen[1]
+    assert sum(x.startswith("* j") for x in seen[0]) == 20  # 10 joins and 10 leaves

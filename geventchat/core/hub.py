@@ -180,6 +180,9 @@ class Room:
         self.version = 0  # bumped whenever the history changes (replay caches key on it)
         self._names: tuple[int, list[str]] | None = None  # sorted names per membership
         self._membership = 0  # bumped at every join, leave and rename
+        # A cluster's broker orders joins and leaves with the lines: it hands them back
+        # (deliver_except, presence) instead of the room announcing them at once.
+        self._ordered = getattr(broker, "orders_presence", False)
         self._loop = gevent.get_hub().loop
 
     # --- publishing (through the broker) -----------------------------------------------
@@ -213,6 +216,23 @@ class Room:
             self._schedule()
 
     deliver = broadcast
+
+    def deliver_except(self, event: ev.Event, key: str) -> None:
+        """Deliver ``event`` in order to every member but ``key`` (who already has it: a
+        newcomer's own join, written in its join burst)."""
+        self.flush()
+        rendered: dict[Renderer, bytes] = {}
+        for k, member in self.members.items():
+            if k == key:
+                continue
+            proto = member.proto
+            if proto.shared:
+                data = rendered.get(proto)
+                if data is None:
+                    data = rendered[proto] = proto.render(event)
+            else:
+                data = proto.render_for(member, [event])
+            member.out.write(data)
 
     def _schedule(self) -> None:
         self._scheduled = True
@@ -339,7 +359,7 @@ class Room:
         joined = ev.Joined(session.name, self.name)
         if (not self.members if op is None else op) and self.key != LOBBY_NAME:
             self.ops.add(session.key)  # the first in a new room runs it
-        self.presence(joined if self.members else None)
+        self.presence(joined if self.members and not self._ordered else None)
         self.members[session.key] = session
         self._membership += 1
         session.rooms[self.key] = self
@@ -357,7 +377,7 @@ class Room:
         if unsent and not session.out.closed:
             session.out.write(session.proto.render_for(session, unsent))
         self._remove(session)
-        if event is not None and self.members:
+        if event is not None and self.members and not self._ordered:
             if isinstance(event, ev.Left | ev.Quit):
                 self.presence(event)
             else:

@@ -177,6 +177,9 @@ class RedisBroker:
     share the connections, the writer and the reader)."""
 
     cluster = True
+    #: Joins and leaves come back from Redis in the room's order, like lines (the hub
+    #: does not announce them itself).
+    orders_presence = True
 
     def __init__(self, url: str, node: str, *, replay: int = 100,
                  history_max: int | None = None, presence_ttl: float = 30.0) -> None:
@@ -190,7 +193,7 @@ class RedisBroker:
         self.sub = make_client(url, timeout=None)
         self._sha: dict[str, str] = {}
         self._rooms: dict[str, _RoomState] = {}
-        # Per room, this pass's operations in order: ("pub", flag, payload, event) or
+        # Per room, this pass's operations in order: ("pub", flag, payload, event, origin) or
         # ("cmd", command tuple).
         self._outbox: dict[str, tuple[Room, list[tuple]]] = {}
         self._jobs: list[_Job] = []
@@ -396,9 +399,11 @@ class RedisBroker:
     def _fail(self, taken: tuple[dict, list]) -> None:
         outbox, jobs = taken
         for room, ops in outbox.values():
+            for op in ops:
+                if op[0] == "pub" and op[4]:
+                    self._local(room, op[3])
             self._not_delivered(outbox, [op[3] if op[0] == "pub" else op[2]
                                          for op in ops if len(op) > 2 or op[0] == "pub"])
-            del room
         for job in jobs:
             if job.result is not None:
                 job.result.set_exception(BackplaneDown())
@@ -647,9 +652,11 @@ class RedisBroker:
             room.deliver(event)
 
     def _presence(self, room: Room, event: ev.Event, origin: str) -> None:
-        """A join, leave, quit, kick or rename. Those of this node's users were delivered
-        here when they happened; others' update the room's remote members."""
+        """A join, leave, quit, kick or rename, in the room's order. Others' update the
+        room's remote members. This node's own: the newcomer had its join in its join
+        burst; renames were told at once (``Hub.announce``)."""
         if origin == self.node:
+            self._own_presence(room, event)
             return
         if isinstance(event, ev.Renamed):
             old, new = name_key(event.old), name_key(event.new)
@@ -676,6 +683,29 @@ class RedisBroker:
             room.presence(event)
         else:
             room.broadcast(event)
+
+    @staticmethod
+    def _own_presence(room: Room, event: ev.Event) -> None:
+        if isinstance(event, ev.Renamed):
+            return
+        key = name_key(event.name)
+        if isinstance(event, ev.Joined):
+            if key in room.members:
+                room.deliver_except(event, key)
+            else:  # came and went before its join came back: the others see both
+                room.presence(event)
+        elif key in room.members:
+            return  # left and came back before this came back: the join says enough
+        elif isinstance(event, ev.Left | ev.Quit):
+            room.presence(event)
+        else:
+            room.broadcast(event)
+
+    def _local(self, room: Room, event: ev.Event) -> None:
+        """A presence event Redis could not take: deliver it here, so this node's view
+        stays right (the other nodes learn from the resync and the reaper)."""
+        if self._rooms.get(room.key) is not None or room.members:
+            self._own_presence(room, event)
 
     # --- commands for this node (pm, kick, kill, shutdown) ------------------------------
 
@@ -778,9 +808,12 @@ class RedisBroker:
 
     def _pub(self, room: Room, flag: str, event: ev.Event, origin: str = "") -> None:
         if not self.up:
-            self._loop.run_callback(self._not_delivered, {}, [event])
+            if origin:
+                self._loop.run_callback(self._local, room, event)
+            else:
+                self._loop.run_callback(self._not_delivered, {}, [event])
             return
-        self._queue(room, ("pub", flag, codec.encode(event, origin), event))
+        self._queue(room, ("pub", flag, codec.encode(event, origin), event, origin))
 
     def clear(self, room: Room, event: ev.Cleared) -> None:
         if not self.up:
