@@ -239,7 +239,9 @@ def test_irc_user_on_one_node_native_on_another(cluster) -> None:
     names = ian.want(r" 366 ian #lobby ")
     assert any(re.search(r" 353 ian = #lobby :.*\bbob\b", x) for x in names), names
     ian.irc("WHOIS bob")
-    assert any(" 311 ian bob " in x for x in ian.want(r" 318 ian bob "))
+    whois = ian.want(r" 318 ian bob ")
+    assert any(" 311 ian bob " in x for x in whois)
+    assert any(" 312 ian bob b :geventchat node b" in x for x in whois), whois
     ian.irc("LIST")
     assert any(" 322 ian #lobby 2 " in x for x in ian.want(r" 323 ian "))
 

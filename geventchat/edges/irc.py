@@ -835,7 +835,9 @@ def _whois(c: IrcConnection, m: IrcLine) -> None:
     if s.rooms:
         chans = [("@" if r.is_op(s) else "") + channel(r.name) for r in s.rooms.values()]
         lines.append(c.numeric(irc.RPL_WHOISCHANNELS, s.name, text=" ".join(chans)))
-    lines.append(c.numeric(irc.RPL_WHOISSERVER, s.name, c.net.name, text="geventchat"))
+    node = getattr(s, "node", None)  # a user of another cluster node: which one
+    lines.append(c.numeric(irc.RPL_WHOISSERVER, s.name, node or c.net.name,
+                           text=f"geventchat node {node}" if node else "geventchat"))
     if s.extra.get("away"):
         lines.append(c.numeric(irc.RPL_AWAY, s.name, text=str(s.extra["away"])))
     if s.is_admin:

@@ -378,6 +378,9 @@ class RedisBroker:
         for job in jobs:
             n = len(job.commands)
             part, i = replies[i:i + n], i + n
+            # NOSCRIPT (Redis restarted since we loaded them): the script did not run.
+            part = [self._retry(cmd) if isinstance(r, redis.exceptions.NoScriptError)
+                    else r for cmd, r in zip(job.commands, part, strict=True)]
             if job.result is not None:
                 job.result.set(part)
             else:
@@ -386,6 +389,7 @@ class RedisBroker:
                         log.warning("Redis command failed: %s", reply)
 
     def _retry(self, command: tuple) -> object:
+        """Load the scripts again and run one command whose script Redis had lost."""
         try:
             self._load_scripts()
             name = next(n for n, sha in self._sha.items() if sha == command[1])
