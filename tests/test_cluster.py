@@ -261,24 +261,28 @@ def test_irc_user_on_one_node_native_on_another(cluster) -> None:
 
 
 def test_killed_node_users_are_announced_gone(cluster) -> None:
-    a, b = cluster("a"), cluster("b")
+    a, b, c = cluster("a"), cluster("b"), cluster("c")
     alice = a.connect("alice")
+    carol = c.connect("carol")  # two surviving nodes reap: still announced once
     _bob = b.connect("bob")
     alice.expect("* bob joined")
+    carol.expect("* bob joined")
     start = time.monotonic()
     b.proc.send_signal(signal.SIGKILL)
     b.proc.wait(10)
     alice.expect(re.compile(r"^\* bob left"), timeout=TTL + 5)
     assert time.monotonic() - start <= TTL + 1.5
+    carol.expect("* bob left (connection lost)", timeout=5)
     alice.send("/who")
-    alice.expect("* online (1): alice")
+    alice.expect("* online (2): alice, carol")
     c = a.connect("bob")  # the name is free again
     c.send("still here")
     alice.expect("bob: still here")
     # exactly once: no second notice
     alice.send("marker")
-    lines = alice.expect("alice: marker")
-    assert not any(x.startswith("* bob left") for x in lines)
+    for who in (alice, carol):
+        lines = who.expect("alice: marker")
+        assert not any(x.startswith("* bob left") for x in lines)
 
 
 def test_redis_restart_under_traffic(cluster) -> None:
