@@ -151,6 +151,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="CMD",
         help="the redis-server executable for --target/--compare redis (redis-server)",
     )
+    tgt.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        metavar="K",
+        help="with --redis: start K geventchat nodes and spread the clients over them (1)",
+    )
+    tgt.add_argument(
+        "--redis",
+        action="store_true",
+        help="cluster mode: start a redis-server and run the node(s) with --redis on it",
+    )
     tgt.add_argument("--host", help="target a running server instead of starting one")
     tgt.add_argument("--port", type=int, help="its port (with --host; default 9999)")
     tgt.add_argument(
@@ -179,6 +191,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="N",
         help=f"connect N idle clients (up to {MAX_IDLE:,}); report server "
         "RSS per connection and registration time",
+    )
+    modes.add_argument(
+        "--overlay",
+        type=Path,
+        metavar="SWEEP.json",
+        help="with --sweep: also draw this earlier sweep's points on the plot",
+    )
+    modes.add_argument(
+        "--overlay-label", default="one process", help="legend label for --overlay"
     )
     modes.add_argument("--json", action="store_true", help="print one JSON line, no summary")
     modes.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -220,6 +241,12 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
 def _check_target_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """--compare starts both servers itself and is one point; Redis needs the C engine."""
+    if args.nodes < 1:
+        p.error("--nodes must be at least 1")
+    if args.nodes > 1 and not args.redis:
+        p.error("--nodes K needs --redis (the nodes share a chat through it)")
+    if args.redis and args.host:
+        p.error("--redis starts its own servers: drop --host/--port")
     if args.compare:
         if args.host is not None or args.port is not None:
             p.error("--compare starts both servers itself: drop --host/--port")
@@ -291,6 +318,11 @@ def open_target(
     """
     if args.host is None and target_name == "redis":
         with target.RedisProcess(args.redis_server, max_clients=conns + 100) as tgt:
+            yield tgt
+        return
+    if args.host is None and args.redis:
+        cmd = target.parse_server_cmd(args.server_cmd)
+        with target.ClusterProcesses(cmd, args.redis_server, conns + 100, args.nodes) as tgt:
             yield tgt
         return
     if args.host is None:
@@ -374,11 +406,17 @@ def cpu_seconds() -> float:
 
 
 def send_phase(
-    group: workers.WorkerGroup, args: argparse.Namespace, monitor: target.Monitor
+    group: workers.WorkerGroup,
+    args: argparse.Namespace,
+    monitor: target.Monitor,
+    others: dict[str, target.Monitor] | None = None,
 ) -> dict[str, Any]:
     """go, a progress bar for --duration, stop, then drain and collect the results."""
     latest: dict[int, tuple[int, int]] = {}
     cpu0 = cpu_seconds()
+    others = others or {}
+    for m in others.values():
+        m.start_cpu()
     monitor.start_cpu()
     group.broadcast("go")
     t0 = time.monotonic()
@@ -400,6 +438,7 @@ def send_phase(
             bar.set_postfix_str(f"{sent:,} lines, {recv / max(elapsed, 1e-3):,.0f} deliveries/s")
     group.broadcast("stop")
     server_cpu = monitor.stop_cpu()
+    process_cpu = {name: m.stop_cpu() for name, m in others.items()}
     orchestrator_cpu = cpu_seconds() - cpu0
     sent_lines = group.collect("sent", timeout=30)
     total = sum(int(s.split()[0]) for s in sent_lines)
@@ -408,6 +447,7 @@ def send_phase(
     return {
         "results": results,
         "server_cpu": server_cpu,
+        "process_cpu": process_cpu,
         "orchestrator_cpu": orchestrator_cpu,
         "system": monitor.system,
     }
@@ -469,12 +509,13 @@ def worker_commands(
     """One command line per worker; the sync line comes from worker 0's first client."""
     base = workers.engine_command(engine)
     rate_per_sender = (args.rate / senders) if (args.rate and senders) else 0.0
+    ports = tgt.ports if target_name == "geventchat" and tgt.ports else [tgt.port]
     return [
         base
         + workers.worker_args(
             plan,
             tgt.host,
-            tgt.port,
+            ports[i % len(ports)],
             plans[0].prefix + "0",
             f"sync-{run_id}",
             0 if args.rate else args.window,
@@ -483,7 +524,7 @@ def worker_commands(
             sources,
             PROTOCOLS[target_name],
         )
-        for plan in plans
+        for i, plan in enumerate(plans)
     ]
 
 
@@ -493,6 +534,8 @@ def run_once(args: argparse.Namespace, clients: int, target_name: str) -> dict[s
     engine = choose_engine(args.engine, target_name)
     conns = connections(target_name, clients, senders)
     nworkers, note = workers_needed(args.workers, conns)
+    if target_name == "geventchat" and args.redis:  # each worker talks to one node
+        nworkers = math.ceil(max(nworkers, args.nodes) / args.nodes) * args.nodes
     nworkers = min(nworkers, clients)
     run_id = random_id()
     observers = args.observers if engine == "c" else 0  # pyclient has no observers
@@ -508,16 +551,21 @@ def run_once(args: argparse.Namespace, clients: int, target_name: str) -> dict[s
         sources = source_addresses(conns, tgt.host)
         commands = worker_commands(args, engine, plans, tgt, senders, run_id, sources, target_name)
         monitor = target.Monitor(tgt.pid)
+        others = {name: target.Monitor(pid) for name, pid in tgt.pids.items()}
         try:
             with workers.WorkerGroup(commands) as group:
                 ready = register_all(group, clients, args)
                 group.broadcast("sync")
                 group.collect("synced", timeout=60 + clients / 100)
-                phase = send_phase(group, args, monitor)
+                phase = send_phase(group, args, monitor, others)
         finally:
             memory = monitor.close()
+            for m in others.values():
+                m.close()
     config["warnings"] = warnings + ready["errors"]
     server = {"pid": tgt.pid, "cpu_s": phase["server_cpu"] if tgt.pid else None, **memory}
+    if phase["process_cpu"]:  # a cluster: the nodes and Redis together are "the server"
+        server["cpu_s"] = sum(phase["process_cpu"].values())
     generator = {
         "orchestrator_cpu_s": phase["orchestrator_cpu"],
         "cores": os.cpu_count() or 1,
@@ -525,6 +573,12 @@ def run_once(args: argparse.Namespace, clients: int, target_name: str) -> dict[s
     }
     summary = report.summarise(config, ready, phase["results"], server, generator)
     summary["run_id"] = run_id
+    if phase["process_cpu"]:
+        seconds = max(args.duration, 1e-9)
+        summary["process_cpu_pct"] = {
+            name: round(100 * cpu / seconds, 1) for name, cpu in phase["process_cpu"].items()
+        }
+        summary["nodes"] = args.nodes
     return summary
 
 
@@ -653,15 +707,20 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
     args.results_dir.mkdir(parents=True, exist_ok=True)
     (args.results_dir / "sweep.md").write_text(table)
     (args.results_dir / "sweep.json").write_text(json.dumps(points, indent=1) + "\n")
-    report.sweep_plot(points, title, args.results_dir / "sweep.png")
+    others = {}
+    if args.overlay:  # another sweep (e.g. single node) drawn on the same plot
+        others[args.overlay_label] = json.loads(args.overlay.read_text())
+    label = f"{args.nodes} nodes + Redis" if args.redis else "one process"
+    report.sweep_plot(points, title, args.results_dir / "sweep.png", label, others)
     return {"sweep": points, "table": table, "ok": all(p["ok"] for p in points)}
 
 
 def sweep_title(args: argparse.Namespace, first: dict[str, Any]) -> str:
     load = f"window {args.window}" if not args.rate else f"rate {args.rate:g}/s"
     day = datetime.now(UTC).strftime("%Y-%m-%d")
+    target_name = f"{args.target} ({args.nodes} nodes + Redis)" if args.redis else args.target
     return (
-        f"{args.target} sweep {day}: {args.senders} senders, {load}, {args.duration:g} s, "
+        f"{target_name} sweep {day}: {args.senders} senders, {load}, {args.duration:g} s, "
         f"median of {args.runs}, engine {first['engine']}, {os.cpu_count()} cores"
     )
 
@@ -675,6 +734,10 @@ def emit(args: argparse.Namespace, result: dict[str, Any], text: str) -> None:
         print(json.dumps(result, default=str))
     else:
         print(text)
+        for point in (result, result.get("geventchat") or {}, result.get("ours") or {}):
+            if isinstance(point, dict) and point.get("process_cpu_pct"):
+                cpu = ", ".join(f"{k} {v:.0f}%" for k, v in point["process_cpu_pct"].items())
+                print(f"cluster CPU per process (% of one core): {cpu}")
     problems = result.get("problems") or [
         p for point in result.get("sweep", []) for p in point["problems"]
     ]

@@ -556,8 +556,15 @@ def sweep_table(points: Sequence[dict[str, Any]], header: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def sweep_plot(points: Sequence[dict[str, Any]], title: str, path: Path) -> None:
-    """Deliveries/s and p99 latency against N (log x, ticks at the measured N), as a PNG."""
+def sweep_plot(
+    points: Sequence[dict[str, Any]],
+    title: str,
+    path: Path,
+    label: str = "",
+    others: dict[str, Sequence[dict[str, Any]]] | None = None,
+) -> None:
+    """Deliveries/s and p99 latency against N (log x, ticks at the measured N), as a PNG;
+    ``others`` are more sweeps (label -> points) drawn on the same axes."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed: the bench runs over ssh and in CI
@@ -566,12 +573,20 @@ def sweep_plot(points: Sequence[dict[str, Any]], title: str, path: Path) -> None
 
     n = [p["clients"] for p in points]
     fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(7, 6))
-    top.plot(n, [p["deliveries_per_s"] for p in points], marker="o")
+    for name, more in (others or {}).items():
+        m = [p["clients"] for p in more]
+        top.plot(m, [p["deliveries_per_s"] for p in more], marker="s", label=name)
+        bottom.plot(m, [p["latency_ms"]["p99"] for p in more], marker="s", label=name)
+    top.plot(n, [p["deliveries_per_s"] for p in points], marker="o", label=label or None)
     top.set_ylabel("deliveries/s")
     top.yaxis.set_major_formatter(EngFormatter())
     top.set_ylim(bottom=0)
     top.set_title(title.replace(": ", ":\n", 1), fontsize=10)
-    bottom.plot(n, [p["latency_ms"]["p99"] for p in points], marker="o", color="tab:red")
+    bottom.plot(n, [p["latency_ms"]["p99"] for p in points], marker="o", color="tab:red",
+                label=label or None)
+    if others:
+        top.legend(fontsize=8)
+        bottom.legend(fontsize=8)
     bottom.set_ylabel("p99 latency (ms)")
     bottom.set_ylim(bottom=0)
     bottom.set_xlabel("clients (N)")

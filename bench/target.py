@@ -87,6 +87,10 @@ class Target:
     log_tail: deque[str] = field(default_factory=lambda: deque(maxlen=40))
     warnings: list[str] = field(default_factory=list)
     command: list[str] = field(default_factory=list)  # how we started it, when we did
+    #: A cluster (``--nodes K --redis``): every node's port (clients are spread over
+    #: them) and every process to watch, by name (nodes and Redis).
+    ports: list[int] = field(default_factory=list)
+    pids: dict[str, int] = field(default_factory=dict)
 
 
 _HELP_CACHE: dict[tuple[str, ...], str] = {}
@@ -133,9 +137,10 @@ def pythonpath() -> str:
 class ServerProcess:
     """A server started for this run: temp history, no rate limit, enough descriptors."""
 
-    def __init__(self, cmd: list[str], max_clients: int) -> None:
+    def __init__(self, cmd: list[str], max_clients: int, extra: list[str] | None = None) -> None:
         self.cmd = cmd
         self.max_clients = max_clients
+        self.extra = extra or []
         self.tmp = tempfile.TemporaryDirectory(prefix="geventchat-bench-")
         self.proc: subprocess.Popen[str] | None = None
         self.target: Target | None = None
@@ -143,7 +148,8 @@ class ServerProcess:
     def __enter__(self) -> Target:
         history = Path(self.tmp.name) / "history.txt"
         extra, warnings = optional_flags(self.cmd, self.max_clients)
-        args = ["--host", "127.0.0.1", "--port", "0", "--history", str(history), *extra]
+        args = ["--host", "127.0.0.1", "--port", "0", "--history", str(history), *extra,
+                *self.extra]
         env = dict(os.environ, PYTHONPATH=pythonpath())
         self.proc = subprocess.Popen(
             self.cmd + args,
@@ -312,6 +318,43 @@ class RedisProcess:
     def __exit__(self, *exc: object) -> None:
         stop_process(self.proc)
         self.tmp.cleanup()
+
+
+class ClusterProcesses:
+    """A Redis server and ``nodes`` geventchat nodes on it (``--nodes K --redis``); the
+    clients are spread over the nodes, and every process's CPU is reported."""
+
+    def __init__(self, cmd: list[str], redis_cmd: str, max_clients: int, nodes: int) -> None:
+        self.cmd = cmd
+        self.redis = RedisProcess(redis_cmd, max_clients=nodes * 4 + 100)
+        self.nodes = nodes
+        self.max_clients = max_clients
+        self.servers: list[ServerProcess] = []
+
+    def __enter__(self) -> Target:
+        try:
+            redis = self.redis.__enter__()
+            url = f"redis://127.0.0.1:{redis.port}/0"
+            targets = []
+            for i in range(self.nodes):
+                server = ServerProcess(self.cmd, self.max_clients,
+                                       ["--redis", url, "--node-name", f"n{i}"])
+                self.servers.append(server)
+                targets.append(server.__enter__())
+        except BaseException:
+            self.__exit__()
+            raise
+        first = targets[0]
+        pids = {f"node{i}": t.pid for i, t in enumerate(targets) if t.pid}
+        pids["redis"] = redis.pid
+        return Target(first.host, first.port, first.pid, True, first.log_tail,
+                      command=self.cmd + ["--redis", url], ports=[t.port for t in targets],
+                      pids=pids)
+
+    def __exit__(self, *exc: object) -> None:
+        for server in self.servers:
+            server.__exit__()
+        self.redis.__exit__()
 
 
 def find_listener_pid(port: int) -> int | None:

@@ -104,6 +104,15 @@ def _add_serve(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     _opt(p, "--allowed-origin", dest="allowed_origins", action="append", metavar="ORIGIN",
          help="let web pages from ORIGIN (e.g. https://chat.example.org, or *) open the "
               "WebSocket; repeatable (default: same origin only)")
+    _opt(p, "--redis", dest="redis_url", metavar="URL",
+         help="run as one node of a cluster sharing this Redis (or Valkey), e.g. "
+              "redis://HOST:6379/0, rediss://:PASSWORD@HOST:6380/0 (also "
+              "$GEVENTCHAT_REDIS_URL; unset: one process, file history)")
+    _opt(p, "--node-name", metavar="NAME",
+         help="this node's name in logs and admin output (default: host name and port)")
+    _opt(p, "--presence-ttl", type=number(zero_ok=False), metavar="SECONDS",
+         help="with --redis: a node that stops (kill -9, power loss) has its users announced "
+              "gone within this time (default: %(default)s)")
     _opt(p, "--server-name", metavar="NAME",
          help="the server name IRC clients see (default: this host's name)")
     _opt(p, "--motd", type=Path, metavar="FILE",

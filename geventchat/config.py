@@ -80,6 +80,11 @@ class Settings:
     motd: Path | None = None
     log_level: str = "INFO"
     stop_timeout: float = 5.0
+    #: Cluster mode (``--redis``): the Redis URL, this node's name (default: host name and
+    #: port), and how long a dead node's users stay listed.
+    redis_url: str | None = None
+    node_name: str | None = None
+    presence_ttl: float = 30.0
 
     def __post_init__(self) -> None:
         if self.history_max == 0:  # the command line's spelling of "unlimited"

@@ -12,6 +12,7 @@ SIGINT or SIGTERM. :func:`build_hub` composes the embedded defaults.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import ssl
@@ -337,7 +338,10 @@ def _tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 def build_hub(settings: Settings) -> Hub:
-    """The embedded defaults: in-process broker, file history, file admin accounts."""
+    """The embedded defaults: in-process broker, file history, file admin accounts; or,
+    with ``--redis``, the Redis engine as broker and directory (history in Redis)."""
+    if settings.redis_url:
+        return _build_cluster_hub(settings)
     from geventchat.core.broker import LocalBroker
     from geventchat.store.admins import AdminStore
     from geventchat.store.history import History, HistoryShelf
@@ -360,6 +364,28 @@ def build_hub(settings: Settings) -> Hub:
     return hub
 
 
+def _build_cluster_hub(settings: Settings) -> Hub:
+    """Fails fast (``StartError``, one line) if Redis is unreachable, too old or refuses
+    our credentials. Redis is imported only here: no ``--redis``, no Redis."""
+    from geventchat.store.admins import AdminStore
+    from geventchat.store.redis_broker import RedisBroker
+
+    node = settings.node_name or (f"{socket.gethostname()}:{settings.port}" if settings.port
+                                  else f"{socket.gethostname()}-{os.getpid()}")
+    broker = RedisBroker(settings.redis_url, node, replay=settings.history_replay,
+                         history_max=settings.history_max,
+                         presence_ttl=settings.presence_ttl)
+    broker.check()
+    log.info("cluster node %s on Redis %s", node, _safe_url(settings.redis_url))
+    return Hub(broker, AdminStore(settings.admins), directory=broker)
+
+
+def _safe_url(url: str) -> str:
+    from geventchat.store.redis_broker import _safe
+
+    return _safe(url)
+
+
 def _room_path(lobby_path: Path, room: str) -> Path:
     """``history.txt`` -> ``history.dev.txt``: by the room's NFKC+casefold key, so ``Dev``
     and ``dev`` (one room) always use one file, and the name depends on no look-alike data
@@ -375,6 +401,15 @@ def _room_path(lobby_path: Path, room: str) -> Path:
 
 def serve(settings: Settings) -> int:
     """Run a server until it is stopped; the exit status for the process."""
-    server = ChatServer(settings, build_hub(settings))
+    hub = build_hub(settings)
+    server = ChatServer(settings, hub)
+    start = getattr(hub.broker, "start", None)
+    if start is not None:  # the Redis engine: failed logins counted cluster-wide
+        from geventchat.edges.admission import LOGIN_FAILURES_PER_IP, LOGIN_PENALTY_WINDOW
+        from geventchat.store.redis_broker import RedisFailures
+
+        server.admission.failures = RedisFailures(hub.broker, LOGIN_FAILURES_PER_IP,
+                                                  LOGIN_PENALTY_WINDOW)
+        start(hub)
     server.serve_forever()
     return 0

@@ -460,3 +460,16 @@ def make_srv(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     yield make
     for s in made:
         s.kill()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[object]:
+    """A Redis (or Valkey) of the test's own on a free loopback port
+    (``tests.redis_server.RedisServer``); stopped at teardown."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        yield server
+    finally:
+        server.kill()

@@ -19,6 +19,7 @@ import time
 
 from geventchat.core import events as ev
 from geventchat.core import modes
+from geventchat.core.directory import RemoteUser
 from geventchat.core.errors import ChatError
 from geventchat.core.hub import Hub, Room, Session
 from geventchat.core.text import check_name, name_key
@@ -32,6 +33,14 @@ audit = logging.getLogger("geventchat.audit")
 
 def find_user(hub: Hub, name: str) -> Session:
     target = hub.find(name)
+    if target is None:
+        raise ChatError("no_such_user", f"no such user: {name}", name)
+    return target
+
+
+def find_anywhere(hub: Hub, name: str) -> Session | RemoteUser:
+    """A user on this node, or on another one (a cluster asks the directory: may wait)."""
+    target = hub.find(name) or hub.directory.locate(name)
     if target is None:
         raise ChatError("no_such_user", f"no such user: {name}", name)
     return target
@@ -80,12 +89,16 @@ def room_notice(hub: Hub, me: Session, room: Room, text: str) -> None:
 
 
 def private_message(hub: Hub, me: Session, name: str, text: str,
-                    notice: bool = False) -> Session:
-    """A private line to ``name``: the target reads it, the sender sees its echo (IRC
-    renders that echo only with ``echo-message``). Never stored. Returns the target."""
-    target = find_user(hub, name)
+                    notice: bool = False) -> Session | RemoteUser:
+    """A private line to ``name``, on this node or another: the target reads it, the
+    sender sees its echo (IRC renders that echo only with ``echo-message``). Never stored.
+    Returns the target."""
+    target = find_anywhere(hub, name)
     event = ev.PrivateMessage(me.name, target.name, text, notice=notice)
-    target.send(event)
+    if isinstance(target, RemoteUser):
+        hub.directory.send(target, "pm", sender=me.name, text=text, notice=notice)
+    else:
+        target.send(event)
     if target is not me:
         me.send(event)
     return target
@@ -116,10 +129,11 @@ def join(hub: Hub, me: Session, name: str, max_rooms: int = 0, key: str = "") ->
     hub.broker.prepare(room)  # may wait for the history: outside any hub call
     if room.members:
         check_entry(hub, me, room, key)  # the modes may have changed while we waited
+    op = hub.directory.enter(me, room)  # a cluster decides its operator once (may wait)
     old = me.room if me.always_in_room else None
     if old is not None and old is not room and old.key in me.rooms:
         hub.part(me, old, ev.Left(me.name, f"to {room.name}", old.name))
-    if not hub.join(me, room):
+    if not hub.join(me, room, op=op):
         return None
     room.modes.invited.discard(me.key)
     return room
@@ -152,6 +166,7 @@ def resume(hub: Hub, me: Session, name: str, epoch: str, after_id: int) -> Room 
         room = hub.room(room_name)
     broker = room.broker
     broker.prepare(room)
+    op = hub.directory.enter(me, room)  # a cluster decides its operator once (may wait)
     current, _ = broker.position(room)
     replay: list[ev.Event] | None = None
     note: ev.Event | None = None
@@ -184,7 +199,7 @@ def resume(hub: Hub, me: Session, name: str, epoch: str, after_id: int) -> Room 
         hub.part(me, old, ev.Left(me.name, f"to {room.name}", old.name))
     if note is not None:
         me.out.write(me.proto.render(note))
-    if not hub.join(me, room, replay):
+    if not hub.join(me, room, replay, op=op):
         return None
     if replay is not None:
         mark = ev.HistoryMark("resumed", room.name, epoch, broker.position(room)[1],
@@ -213,31 +228,46 @@ def set_topic(hub: Hub, me: Session, room: Room, text: str) -> None:
     room.set_topic(me.name, text)
 
 
-def kick(hub: Hub, me: Session, room: Room, name: str, reason: str = "") -> Session:
+def kick(hub: Hub, me: Session, room: Room, name: str,
+         reason: str = "") -> Session | RemoteUser:
     """Move ``name`` out of ``room`` (its operators, and admins). A user who must always be
     somewhere lands in the lobby."""
     require_operator(me, room)
-    target = find_user(hub, name)
+    target = find_anywhere(hub, name)
+    if isinstance(target, RemoteUser):
+        if target.key not in room.remote:
+            raise ChatError("target_not_member", f"{target.name} is not in {room.name}",
+                            target.name, room.name)
+        audit.info("kick: %s (%s) kicked %s (on node %s) from %s: %s", me.name, me.addr,
+                   target.name, target.node, room.name, reason)
+        hub.directory.send(target, "kick", by=me.name, room=room.name, reason=reason)
+        return target
     if room.key not in target.rooms:
         raise ChatError("target_not_member", f"{target.name} is not in {room.name}",
                         target.name, room.name)
-    event = ev.Kicked(target.name, me.name, reason, room.name)
+    kicked(hub, target, room, me.name, reason)
     audit.info("kick: %s (%s) kicked %s from %s: %s", me.name, me.addr, target.name,
                room.name, reason)
+    return target
+
+
+def kicked(hub: Hub, target: Session, room: Room, by: str, reason: str) -> None:
+    """The kick itself, on the kicked user's node."""
+    event = ev.Kicked(target.name, by, reason, room.name)
     target.send(event)
     hub.part(target, room, event)
     if target.always_in_room and not target.rooms:
         hub.join(target, hub.lobby)
-    return target
 
 
 def set_op(hub: Hub, me: Session, room: Room, name: str, give: bool,
-           announce: bool = True) -> Session:
+           announce: bool = True) -> Session | RemoteUser:
     """Give or take a member's operator status (operators only). With ``announce`` off
     the caller announces several changes as one (:func:`announce_modes`)."""
     require_operator(me, room)
-    target = find_user(hub, name)
-    if room.key not in target.rooms:
+    target = find_anywhere(hub, name)
+    if (target.key not in room.remote if isinstance(target, RemoteUser)
+            else room.key not in target.rooms):
         raise ChatError("target_not_member", f"{target.name} is not in {room.name}",
                         target.name, room.name)
     if give:
@@ -522,8 +552,26 @@ def rename(hub: Hub, me: Session, new: str) -> bool:
         return False
     if hub.admins.is_admin(new) and name_key(new) != me.account:
         raise ChatError("reserved_name", f"that name belongs to an admin account: {new}", new)
-    hub.rename(me, new)
+    hub.check_free(new, me=me)
+    hub.directory.claim(new, me)  # unique on every node (may wait)
+    try:
+        hub.rename(me, new)
+    except ChatError:
+        hub.directory.release(new)
+        raise
     return True
+
+
+def register(hub: Hub, session: Session, join_lobby: bool = True) -> None:
+    """Make ``session`` a user: its name is claimed for the whole cluster (may wait),
+    then the hub registers it (and re-checks the name locally)."""
+    hub.check_free(session.name)
+    hub.directory.claim(session.name)
+    try:
+        hub.register(session, join_lobby)
+    except ChatError:
+        hub.directory.release(session.name)
+        raise
 
 
 def check_new_name(hub: Hub, name: str, me: Session | None = None) -> str:
@@ -554,11 +602,16 @@ def quit(hub: Hub, me: Session, reason: str = "") -> None:
 # --- admin -----------------------------------------------------------------------------------
 
 
-def kill(hub: Hub, me: Session, name: str, reason: str = "") -> Session:
+def kill(hub: Hub, me: Session, name: str, reason: str = "") -> Session | RemoteUser:
     """Disconnect ``name`` from the server (admins); it and everyone sharing a room with it
     see why."""
     require_admin(me, "disconnecting users")
-    target = find_user(hub, name)
+    target = find_anywhere(hub, name)
+    if isinstance(target, RemoteUser):
+        audit.info("kill: %s (%s) disconnected %s (on node %s): %s", me.name, me.addr,
+                   target.name, target.node, reason)
+        hub.directory.send(target, "kill", by=me.name, reason=reason)
+        return target
     audit.info("kill: %s (%s) disconnected %s (%s): %s", me.name, me.addr, target.name,
                target.addr, reason)
     disconnect(hub, target, me.name, reason)
@@ -583,4 +636,13 @@ def shutdown(hub: Hub, me: Session, reason: str = "") -> None:
     """Stop the server gracefully (admins)."""
     require_admin(me, "stopping the server")
     audit.info("shutdown: requested by %s (%s): %s", me.name, me.addr, reason)
+    hub.directory.shutdown(reason or f"by {me.name}")  # every node of a cluster
     hub.request_shutdown(reason or f"by {me.name}")
+
+
+def list_rooms(hub: Hub) -> list[tuple[str, int]]:
+    """Rooms in use and their member counts, lobby first (every node's, in a cluster)."""
+    rooms = hub.directory.rooms()
+    if rooms is None:
+        return [(r.name, len(r.members)) for r in hub.active_rooms()]
+    return rooms

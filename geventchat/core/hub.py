@@ -27,6 +27,7 @@ import gevent
 
 from geventchat.core import events as ev
 from geventchat.core.broker import Broker
+from geventchat.core.directory import Directory, LocalDirectory
 from geventchat.core.errors import ChatError
 from geventchat.core.modes import RoomModes
 from geventchat.core.stats import STATS
@@ -165,6 +166,8 @@ class Room:
         self.topic_time: datetime | None = None
         self.topic_locked = True  # IRC +t: only operators set the topic
         self.members: dict[str, Session] = {}
+        #: Members on other nodes (cluster only): key -> name, kept by the broker.
+        self.remote: dict[str, str] = {}
         self.ops: set[str] = set()  # keys of room operators (admins are ops everywhere)
         self.modes = RoomModes()  # the other channel modes (voices, bans, key...): actions
         # Members grouped by protocol so each batch is rendered once per protocol.
@@ -182,6 +185,9 @@ class Room:
         self.version = 0  # bumped whenever the history changes (replay caches key on it)
         self._names: tuple[int, list[str]] | None = None  # sorted names per membership
         self._membership = 0  # bumped at every join, leave and rename
+        # A cluster's broker orders joins and leaves with the lines: it hands them back
+        # (deliver_except, presence) instead of the room announcing them at once.
+        self._ordered = getattr(broker, "orders_presence", False)
         self._loop = gevent.get_hub().loop
 
     # --- publishing (through the broker) -----------------------------------------------
@@ -216,6 +222,23 @@ class Room:
             self._schedule()
 
     deliver = broadcast
+
+    def deliver_except(self, event: ev.Event, key: str) -> None:
+        """Deliver ``event`` in order to every member but ``key`` (who already has it: a
+        newcomer's own join, written in its join burst)."""
+        self.flush()
+        rendered: dict[Renderer, bytes] = {}
+        for k, member in self.members.items():
+            if k == key:
+                continue
+            proto = member.proto
+            if proto.shared:
+                data = rendered.get(proto)
+                if data is None:
+                    data = rendered[proto] = proto.render(event)
+            else:
+                data = proto.render_for(member, [event])
+            member.out.write(data)
 
     def _schedule(self) -> None:
         self._scheduled = True
@@ -333,9 +356,11 @@ class Room:
     def is_op(self, session: Session) -> bool:
         return session.is_admin or session.key in self.ops
 
-    def join(self, session: Session, replay: list[ev.Event] | None = None) -> None:
+    def join(self, session: Session, replay: list[ev.Event] | None = None,
+             op: bool | None = None) -> None:
         """Add ``session``: it reads the history (``replay``, or the recent lines) and its
-        own join; the others its join.
+        own join; the others its join. ``op``: whether it runs the room (a cluster decides
+        once for every node); by default the first member does.
 
         No flush here, so a thousand joins in one loop pass cost one batch per member, not
         a thousand: the newcomer skips the part of the pending batch that precedes it (those
@@ -346,9 +371,9 @@ class Room:
         if replay is None:
             replay = self.recent()
         joined = ev.Joined(session.name, self.name)
-        if not self.members and self.key != LOBBY_NAME:
+        if (not self.members if op is None else op) and self.key != LOBBY_NAME:
             self.ops.add(session.key)  # the first in a new room runs it
-        self.presence(joined if self.members else None)
+        self.presence(joined if self.members and not self._ordered else None)
         self.members[session.key] = session
         self._membership += 1
         session.rooms[self.key] = self
@@ -366,7 +391,7 @@ class Room:
         if unsent and not session.out.closed:
             session.out.write(session.proto.render_for(session, unsent))
         self._remove(session)
-        if event is not None and self.members:
+        if event is not None and self.members and not self._ordered:
             if isinstance(event, ev.Left | ev.Quit):
                 self.presence(event)
             else:
@@ -403,12 +428,24 @@ class Room:
             self.ops.add(session.key)
         self.modes.rekey(old_key, session.key)
 
+    def set_remote(self, key: str, name: str | None) -> None:
+        """A member on another node came (``name``) or went (None)."""
+        if name is None:
+            if self.remote.pop(key, None) is not None:
+                self._membership += 1
+        elif self.remote.get(key) != name:
+            self.remote[key] = name
+            self._membership += 1
+
     def names(self) -> list[str]:
         """Members' names, sorted; cached until the membership changes (``/who`` and
         NAMES at line rate must not sort the room each time)."""
         cached = self._names
         if cached is None or cached[0] != self._membership:
-            names = sorted((s.name for s in self.members.values()), key=str.casefold)
+            names = [s.name for s in self.members.values()]
+            if self.remote:
+                names += [n for k, n in self.remote.items() if k not in self.members]
+            names.sort(key=str.casefold)
             self._names = cached = (self._membership, names)
         return cached[1]
 
@@ -435,9 +472,11 @@ class Hub:
     #: from ``--server-name``. Ban masks match it as well as the user's address.
     server_name = "geventchat"
 
-    def __init__(self, broker: Broker, admins: AdminDirectory) -> None:
+    def __init__(self, broker: Broker, admins: AdminDirectory,
+                 directory: Directory | None = None) -> None:
         self.broker = broker
         self.admins = admins
+        self.directory: Directory = directory or LocalDirectory()
         self.users: dict[str, Session] = {}
         self.rooms: dict[str, Room] = {}
         self.lobby = self.room(LOBBY_NAME)
@@ -467,8 +506,8 @@ class Hub:
     def find_room(self, name: str) -> Room | None:
         return self.rooms.get(name_key(name))
 
-    def join(self, session: Session, room: Room,
-             replay: list[ev.Event] | None = None) -> bool:
+    def join(self, session: Session, room: Room, replay: list[ev.Event] | None = None,
+             op: bool | None = None) -> bool:
         """Put ``session`` in ``room`` (showing it ``replay``, or the recent lines); False
         (and nothing changes) if the session is no longer registered (killed while its join
         was being prepared)."""
@@ -478,11 +517,13 @@ class Hub:
         if self.rooms.get(room.key) is not room:
             # The room was emptied and dropped while the caller prepared it: use it again.
             self.rooms[room.key] = room
-        room.join(session, replay)
+        room.join(session, replay, op)
+        self.directory.joined(session, room)
         return True
 
     def part(self, session: Session, room: Room, event: ev.Event | None) -> None:
         """Take ``session`` out of ``room``; drop the room from memory once it is empty."""
+        self.directory.parted(session, room, event)
         room.leave(session, event)
         self._collect(room)
 
@@ -527,12 +568,14 @@ class Hub:
         # tenth of a 10,000-client registration storm; admin logins are audited apart
         if join_lobby:
             self.lobby.join(session)
+            self.directory.joined(session, self.lobby)
 
     def unregister(self, session: Session, event: ev.Quit | ev.Killed | None) -> None:
         """Remove ``session`` everywhere; ``event`` tells those who shared a room with it."""
         if self.users.get(session.key) is not session:
             return
         del self.users[session.key]
+        self.directory.gone(session, event)
         if session.is_admin:
             self.opers -= 1
         if "i" in session.extra.get("modes", ()):
@@ -555,6 +598,7 @@ class Hub:
         self.users[session.key] = session
         for room in session.rooms.values():
             room.rekey(session, old_key)
+        self.directory.renamed(session, old, old_key)
         log.info("%s is now known as %s", old, new)
 
     def announce(self, session: Session, event: ev.Event, include_self: bool) -> None:

@@ -452,7 +452,7 @@ class IrcConnection(ClientConnection):
         session.extra = {"user": self.user, "realname": self.realname, "away": "",
                          "modes": set()}
         try:
-            self.hub.register(session, join_lobby=False)  # re-checks the name
+            actions.register(self.hub, session, join_lobby=False)  # re-checks the name
         except ChatError:
             self.reply(irc.ERR_NICKNAMEINUSE, self.nick, text="Nickname is already in use")
             self.nick = None
@@ -514,7 +514,7 @@ class IrcConnection(ClientConnection):
         return room
 
     def find_user(self, nick: str) -> Session:
-        target = self.hub.find(nick)
+        target = self.hub.find(nick) or self.hub.directory.locate(nick)
         if target is None:
             raise IrcError(irc.ERR_NOSUCHNICK, word(nick), text="No such nick/channel")
         return target
@@ -996,6 +996,7 @@ def _who(c: IrcConnection, m: IrcLine) -> None:
     rows: list[tuple[Session, Room | None]] = []
     if mask.startswith("#"):
         seen: set[str] = set()
+        remote: list[str] = []
         for name in mask.split(","):
             room = c.hub.find_room(name[1:]) if name.startswith("#") else None
             if room is None or not _visible_room(c, room):
@@ -1005,6 +1006,17 @@ def _who(c: IrcConnection, m: IrcLine) -> None:
                 if s.key not in seen and (member or not _invisible(s)):
                     seen.add(s.key)
                     rows.append((s, room))
+            chan = channel(room.name)
+            for k, n in room.remote.items():  # members on other nodes of a cluster
+                if k not in room.members and k not in seen and whox is None:
+                    seen.add(k)
+                    remote.append(c.numeric(irc.RPL_WHOREPLY, chan, n, c.net.name,
+                                            c.net.name, n, "H@" if k in room.ops else "H",
+                                            text=f"0 {n}"))
+        lines = [_who_line(c, s, room, whox) for s, room in rows] + remote
+        lines.append(c.numeric(irc.RPL_ENDOFWHO, word(mask), text="End of /WHO list"))
+        c.write_lines(lines)
+        return
     else:
         pattern = "*" if mask == "0" else name_key(mask)
         for s in c.hub.sessions():
@@ -1034,7 +1046,9 @@ def _whois(c: IrcConnection, m: IrcLine) -> None:
              if _visible_room(c, r)]
     if chans:
         lines.append(c.numeric(irc.RPL_WHOISCHANNELS, s.name, text=" ".join(chans)))
-    lines.append(c.numeric(irc.RPL_WHOISSERVER, s.name, c.net.name, text="geventchat"))
+    node = getattr(s, "node", None)  # a user of another cluster node: which one
+    lines.append(c.numeric(irc.RPL_WHOISSERVER, s.name, node or c.net.name,
+                           text=f"geventchat node {node}" if node else "geventchat"))
     if s.extra.get("away"):
         lines.append(c.numeric(irc.RPL_AWAY, s.name, text=str(s.extra["away"])))
     if s.is_admin:
@@ -1066,17 +1080,18 @@ def _list(c: IrcConnection, m: IrcLine) -> None:
             fewer = int(token[1:])
         elif token.startswith("#"):
             wanted.add(name_key(token[1:]))
+    counts = dict(actions.list_rooms(c.hub))  # every node's members, in a cluster
     rooms = [r for r in c.hub.active_rooms()
-             if r.members and _visible_room(c, r) and len(r.members) > more
-             and (fewer is None or len(r.members) < fewer)
+             if (n := counts.get(r.name, len(r.members))) and _visible_room(c, r)
+             and n > more and (fewer is None or n < fewer)
              and (not wanted or r.key in wanted)][:MAX_LIST]
     lines = [c.numeric(irc.RPL_LISTSTART, "Channel", text="Users  Name")]
     for r in rooms:
         shown = not r.modes.private or r.key in me.rooms or me.is_admin
         letters, _ = actions.mode_summary(r, False)
         topic = f"[{letters}] {r.topic}".rstrip() if shown else ""
-        lines.append(c.numeric(irc.RPL_LIST, channel(r.name), str(len(r.members)),
-                               text=topic))
+        lines.append(c.numeric(irc.RPL_LIST, channel(r.name),
+                               str(counts.get(r.name, len(r.members))), text=topic))
     lines.append(c.numeric(irc.RPL_LISTEND, text="End of /LIST"))
     c.write_lines(lines)
 
@@ -1096,19 +1111,23 @@ def _lusers(c: IrcConnection, m: IrcLine) -> None:
     """From counters the hub keeps as users come and go: O(1), so a reconnect storm of
     IRC clients (each gets LUSERS at registration) stays linear."""
     hub = c.hub
-    users = len(hub.users)
+    local = users = len(hub.users)
     invisible = hub.invisible
-    peak = str(max(hub.peak_users, users))
+    channels = hub.channels
+    cluster = hub.directory.counts()  # every node's, refreshed every few seconds
+    if cluster is not None:
+        users, channels = max(users, cluster[0]), cluster[1]
+    peak = str(max(hub.peak_users, local))
     c.write_lines([
         c.numeric(irc.RPL_LUSERCLIENT, text=f"There are {users - invisible} users and "
                                         f"{invisible} invisible on 1 servers"),
         c.numeric(irc.RPL_LUSEROP, str(hub.opers), text="operator(s) online"),
-        c.numeric(irc.RPL_LUSERCHANNELS, str(hub.channels), text="channels formed"),
+        c.numeric(irc.RPL_LUSERCHANNELS, str(channels), text="channels formed"),
         c.numeric(irc.RPL_LUSERME, text=f"I have {users} clients and 0 servers"),
-        c.numeric(irc.RPL_LOCALUSERS, str(users), peak,
-                  text=f"Current local users {users}, max {peak}"),
-        c.numeric(irc.RPL_GLOBALUSERS, str(users), peak,
-                  text=f"Current global users {users}, max {peak}"),
+        c.numeric(irc.RPL_LOCALUSERS, str(local), peak,
+                  text=f"Current local users {local}, max {peak}"),
+        c.numeric(irc.RPL_GLOBALUSERS, str(users), str(max(int(peak), users)),
+                  text=f"Current global users {users}, max {max(int(peak), users)}"),
     ])
 
 

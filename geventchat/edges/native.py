@@ -202,8 +202,8 @@ class NativeConnection(ClientConnection):
         session.always_in_room = True
         resume = self._resume
         try:
-            # Re-checks the name: it may have gone meanwhile.
-            self.hub.register(session, join_lobby=resume is None)
+            # Claims the name cluster-wide and re-checks it: it may have gone meanwhile.
+            actions.register(self.hub, session, join_lobby=resume is None)
         except ChatError as exc:
             self.send(exc.event())
             self.send(ev.Prompt("name"))

@@ -534,6 +534,9 @@ class IrcRenderer:
             words = [self.prefixes(room, s) + self.masks.prefix(s.name) for s in members]
         else:
             words = [self.prefixes(room, s) + s.name for s in members]
+        if room.remote:  # members on other nodes of a cluster
+            words += [("@" if k in room.ops else "") + n for k, n in room.remote.items()
+                      if k not in room.members]
         head = len(self.numeric(RPL_NAMREPLY, me, symbol, chan, trailing="").encode())
         lines = [self.numeric(RPL_NAMREPLY, me, symbol, chan, trailing=chunk)
                  for chunk in _pack(words, BODY_ROOM - head)] if words else []

@@ -145,10 +145,14 @@ def _invite(hub: Hub, me: Session, arg: str) -> None:
 
 
 def _rooms(hub: Hub, me: Session, arg: str) -> None:
+    counts = dict(actions.list_rooms(hub))  # every node's members, in a cluster
     rooms = [r for r in hub.active_rooms()
              if not r.modes.secret or r.key in me.rooms or me.is_admin]  # +s: members only
-    listing = ", ".join(f"{r.name} ({len(r.members)})" for r in rooms)
-    me.send(ev.Notice(f"rooms ({len(rooms)}): {listing}"))
+    local = {r.name for r in rooms}
+    entries = ([f"{r.name} ({counts.get(r.name, len(r.members))})" for r in rooms]
+               + [f"{name} ({n})" for name, n in counts.items()
+                  if name not in local and n and hub.find_room(name) is None])
+    me.send(ev.Notice(f"rooms ({len(entries)}): {', '.join(entries)}"))
 
 
 def _topic(hub: Hub, me: Session, arg: str) -> None:
