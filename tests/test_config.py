@@ -148,10 +148,9 @@ def test_unknown_env_variable_is_a_warning() -> None:
 
 
 def test_a_new_flag_gets_its_key_and_env_variable(tmp_path: Path) -> None:
-    """Adding a flag (whose dest is a Settings field) is all it takes."""
-    p = serve_parser()
-    p.add_argument("--redis", dest="redis_url", default=argparse.SUPPRESS)
-    acts = config.setting_actions(p)
+    """Adding a flag (whose dest is a Settings field) is all it takes: --redis was added
+    after the config file existed, with no config code of its own."""
+    acts = config.setting_actions(serve_parser())
     assert config.env_name("redis_url") == "GEVENTCHAT_REDIS_URL"
     f = write(tmp_path / "g.toml", 'redis_url = "redis://:pw@db:6379/0"\n')
     assert config.load_file(f, acts) == {"redis_url": "redis://:pw@db:6379/0"}

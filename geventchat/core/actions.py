@@ -446,8 +446,9 @@ def _change_one(hub: Hub, me: Session, room: Room, give: bool, letter: str,
     if letter in "ov":
         if arg is None:
             return False
-        target = find_user(hub, arg)
-        if room.key not in target.rooms:
+        target = find_anywhere(hub, arg)  # on this node or, in a cluster, another
+        if (target.key not in room.remote if isinstance(target, RemoteUser)
+                else room.key not in target.rooms):
             raise ChatError("target_not_member", f"{target.name} is not in {room.name}",
                             target.name, room.name)
         group = room.ops if letter == "o" else m.voices
