@@ -267,7 +267,8 @@ def history_window(hub: Hub, me: Session, room: Room, kind: str, ref: HistoryRef
         before = w.ids(0, centre, limit // 2, newest=True)
         start = before[0].id - 1 if before else centre - 1
         return w.ids(start, w.last_id + 1, limit, newest=False)
-    assert until is not None
+    if until is None:
+        raise ValueError("a between window needs two references")
     a_low, a_high = w.lower(ref), w.upper(ref)
     b_low, b_high = w.lower(until), w.upper(until)
     if a_high <= b_high and a_low <= b_low:  # forwards in time
