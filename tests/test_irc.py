@@ -57,8 +57,9 @@ class RawIrc(LineClient):
         if not line.endswith(b"\r"):  # only the native prompt, sent before detection
             assert line.startswith(b"? "), f"IRC lines end in CRLF: {line!r}"
             return line.decode()
+        line = line[:-1]
         assert len(line.split(b" ", 1)[1] if line.startswith(b"@") else line) + 2 <= 512
-        return line[:-1].decode()
+        return line.decode()
 
     def expect(self, want: str | Callable[[IrcLine], bool],
                timeout: float = TIMEOUT) -> list[IrcLine]:
@@ -166,8 +167,8 @@ def test_shared_port_detects_cap_ls_first(srv):
     c = RawIrc(srv.port)
     c.send("CAP LS 302")
     lines = c.expect("CAP")
-    assert lines[-1].params == ("*", "LS", "batch echo-message message-tags multi-prefix "
-                                "sasl=PLAIN server-time userhost-in-names")
+    assert lines[-1].params == ("*", "LS", "batch draft/chathistory echo-message message-tags "
+                                "multi-prefix sasl=PLAIN server-time userhost-in-names")
     c.send("NICK carl", "USER c 0 * :Carl", "CAP END")
     assert c.expect("001")[-1].params == ("carl",
                                           "Welcome to the irc.test IRC Network carl!~c@irc.test")

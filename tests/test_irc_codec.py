@@ -24,6 +24,7 @@ from geventchat.wire.irc import (
     format_line,
     parse_ctcp,
     parse_line,
+    parse_msgid,
     split_text,
     unescape_tag,
     word,
@@ -476,3 +477,27 @@ def test_names_are_split_to_fit_and_mark_admins(masks):
     assert all(len(x.encode()) + 2 <= MAX_BODY for x in lines)
     names = " ".join(parse_line(x).params[3] for x in lines[:-1]).split()
     assert len(names) == 61 and "@root" in names
+
+
+def test_msgid_tags_and_parsing(masks):
+    r = _renderer(masks, msgid=True)
+    assert r.lines(ev.Message("bob", "Hi", "Dev", T0, id=7)) == \
+        ["@msgid=dev-7 :bob!bob@irc.test PRIVMSG #Dev :Hi"]  # the room's key: one per room
+    assert r.lines(ev.Cleared("root", "dev", T0, id=8))[0].startswith("@msgid=dev-8 ")
+    assert r.lines(ev.Message("bob", "unnumbered", "dev", T0))[0].startswith(":bob")
+    assert r.lines(ev.RoomNotice("bob", "never stored", "dev", T0))[0].startswith(":bob")
+    assert _renderer(masks).lines(ev.Message("bob", "Hi", "dev", T0, id=7))[0][0] == ":"
+    assert parse_msgid("dev-7") == ("dev", 7)
+    assert parse_msgid("my-room.x-12.2") == ("my-room.x", 12)  # a piece of a long line
+    for bad in ("dev", "-7", "dev-", "dev-x", "dev-٣", "dev-" + "9" * 19):
+        assert parse_msgid(bad) is None
+
+
+def test_chathistory_clients_get_no_replay_on_join(masks):
+    room = _room("dev", _History([ev.Message("bob", "old", "dev", T0, id=1)]))
+    alice = _session("alice", _renderer(masks, batch=True, chathistory=True, msgid=True))
+    room.join(alice)
+    assert [x.split()[1] for x in alice.out.lines()] == ["JOIN", "353", "366"]
+    r = alice.proto
+    empty = r.history("#dev", [])
+    assert empty[0].endswith(" chathistory #dev") and empty[1].startswith(":irc.test BATCH -")

@@ -88,14 +88,19 @@ KICKLEN = 255
 USERLEN = 10
 #: Channel modes with parameters changed by one MODE command (the MODES token).
 MAX_MODES = 4
+#: Most lines one CHATHISTORY request returns (ISUPPORT ``CHATHISTORY``); a larger (or 0)
+#: limit is cut to it. The replay a newcomer gets from memory is as long (``--replay``).
+CHATHISTORY_MAX = 100
 
 #: Capabilities offered to ``CAP LS``. ``message-tags`` lets clients send tags (we accept
-#: and ignore client-only tags and TAGMSG); ``batch`` wraps history replays; ``sasl``
-#: (``PLAIN``) logs admins in before registration.
-CAPS: Final = ("batch", "echo-message", "message-tags", "multi-prefix", "sasl",
-               "server-time", "userhost-in-names")
+#: and ignore client-only tags and TAGMSG) and gives stored lines their ``msgid``;
+#: ``batch`` wraps history replays; ``draft/chathistory`` replaces the replay on join by
+#: CHATHISTORY requests; ``sasl`` (``PLAIN``) logs admins in before registration.
+CAPS: Final = ("batch", "draft/chathistory", "echo-message", "message-tags",
+               "multi-prefix", "sasl", "server-time", "userhost-in-names")
 #: The ones that change how events are rendered: fixed once registered (see _cap_req).
-RENDER_CAPS: Final = frozenset({"batch", "echo-message", "multi-prefix", "server-time",
+RENDER_CAPS: Final = frozenset({"batch", "draft/chathistory", "echo-message",
+                                "message-tags", "multi-prefix", "server-time",
                                 "userhost-in-names"})
 #: Values shown to ``CAP LS 302`` clients.
 CAP_VALUES: Final = {"sasl": "PLAIN"}
@@ -124,6 +129,7 @@ def _isupport(network: str) -> list[str]:
         f"TARGMAX=JOIN:,KICK:{MAX_TARGETS},NAMES:,NOTICE:{MAX_TARGETS},PART:,"
         f"PRIVMSG:{MAX_TARGETS},WHO:,WHOIS:1",
         f"TOPICLEN={TOPICLEN}", f"USERLEN={USERLEN}", "UTF8ONLY", "WHOX",
+        f"CHATHISTORY={CHATHISTORY_MAX}", "MSGREFTYPES=msgid,timestamp",
     ]
 
 
@@ -161,7 +167,8 @@ class IrcNetwork:
             r = self._renderers[key] = IrcRenderer(
                 self.name, self.masks, server_time="server-time" in key,
                 echo="echo-message" in key, batch="batch" in key,
-                multi_prefix="multi-prefix" in key, userhost="userhost-in-names" in key)
+                multi_prefix="multi-prefix" in key, userhost="userhost-in-names" in key,
+                msgid="message-tags" in key, chathistory="draft/chathistory" in key)
         return r
 
 
@@ -1232,6 +1239,116 @@ def _clear(c: IrcConnection, m: IrcLine) -> None:
         c.notice(f"*** History of {channel(room.name)} cleared")
 
 
+class _HistoryFail(Exception):
+    """A ``FAIL CHATHISTORY <code> <context...> :<text>`` (IRCv3 standard replies)."""
+
+    def __init__(self, code: str, *context: str, text: str) -> None:
+        super().__init__(code)
+        self.code, self.context, self.text = code, context, text
+
+
+#: Parameters after the subcommand: (references, whether the first is a target).
+_CHATHISTORY: Final = {"LATEST": 1, "BEFORE": 1, "AFTER": 1, "AROUND": 1, "BETWEEN": 2,
+                       "TARGETS": 2}
+_WHAT_FAILED: Final = "Messages could not be retrieved"
+
+
+def _chathistory(c: IrcConnection, m: IrcLine) -> None:
+    """IRCv3 ``draft/chathistory``, the way ergo answers it: a ``chathistory`` batch (an
+    empty one when nothing matches) or one ``FAIL CHATHISTORY``. Channels only, and only
+    those the client is in; private messages are not stored, so a nick's history is
+    always empty. See docs/IRC.md (what is reached, what is refused)."""
+    try:
+        _chathistory_query(c, m)
+    except _HistoryFail as exc:
+        c.write_lines([format_line("FAIL", "CHATHISTORY", exc.code, *exc.context,
+                                   trailing=exc.text, source=c.net.name)])
+
+
+def _chathistory_query(c: IrcConnection, m: IrcLine) -> None:
+    given = word(m.param(0), 16)
+    sub = m.param(0).upper()
+    refs = _CHATHISTORY.get(sub)
+    if not m.params:
+        raise _HistoryFail("INVALID_PARAMS", given, text="Insufficient parameters")
+    if refs is None:
+        raise _HistoryFail("INVALID_PARAMS", given, text="Unknown command")
+    want = 1 + refs + (sub != "TARGETS")  # [target] refs... limit
+    if len(m.params) - 1 < want:
+        raise _HistoryFail("INVALID_PARAMS", given, text="Insufficient parameters")
+    if len(m.params) - 1 > want:
+        raise _HistoryFail("INVALID_PARAMS", given, text="Too many parameters")
+    raw_limit = m.params[-1]
+    if not (raw_limit.isascii() and raw_limit.isdigit()):
+        raise _HistoryFail("INVALID_PARAMS", given, word(raw_limit), text="Invalid limit")
+    limit = int(raw_limit) if len(raw_limit) <= 6 else CHATHISTORY_MAX
+    if limit == 0 or limit > CHATHISTORY_MAX:
+        limit = CHATHISTORY_MAX
+    if sub == "TARGETS":
+        start, end = (_history_time(given, p) for p in m.params[1:3])
+        found = actions.history_targets(c.hub, c.me, start, end, limit)
+        c.write_lines(c.renderer.history_targets(
+            c.target(), [(channel(room.name), when) for room, when in found]))
+        return
+    target = m.params[1]
+    room = c.hub.find_room(target[1:]) if target.startswith("#") else None
+    if target.startswith("#") and (room is None or room.key not in c.me.rooms):
+        raise _HistoryFail("INVALID_TARGET", given, word(target), text=_WHAT_FAILED)
+    parsed = [_history_ref(given, target, room, p, star=(sub in ("LATEST", "BEFORE")
+                                                         and i == 0))
+              for i, p in enumerate(m.params[2:2 + refs])]
+    if room is None:  # a nick: private messages are never stored
+        c.write_lines(c.renderer.history(word(target), []))
+        return
+    try:
+        events = actions.history_window(c.hub, c.me, room, sub.lower(), parsed[0], limit,
+                                        parsed[1] if refs == 2 else None)  # may wait
+    except ChatError:  # left the channel while the history was read
+        raise _HistoryFail("INVALID_TARGET", given, word(target), text=_WHAT_FAILED) from None
+    except Exception:
+        log.exception("CHATHISTORY %s %s failed", sub, room.name)
+        raise _HistoryFail("MESSAGE_ERROR", given, word(target), text=_WHAT_FAILED) from None
+    if c.closing is None:
+        c.write_lines(c.renderer.history(channel(room.name), events))
+
+
+def _history_time(given: str, param: str) -> datetime:
+    kind, _, value = param.partition("=")
+    if kind.lower() != "timestamp":
+        raise _HistoryFail("INVALID_PARAMS", given, word(param),
+                           text="TARGETS takes timestamps")
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise _HistoryFail("INVALID_PARAMS", given, word(param),
+                           text="Invalid timestamp") from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _history_ref(given: str, target: str, room: Room | None, param: str,
+                 star: bool) -> actions.HistoryRef:
+    """``*`` (LATEST; BEFORE too, which kiwiirc sends for LATEST), ``timestamp=`` or
+    ``msgid=`` (one of ours for this channel: a piece ``.N`` of a long line stands for the
+    line)."""
+    if param == "*" and star:
+        return actions.HistoryRef()
+    kind, sep, value = param.partition("=")
+    kind = kind.lower()
+    if not sep:
+        raise _HistoryFail("INVALID_PARAMS", given, word(param),
+                           text="Invalid message reference")
+    if kind == "timestamp":
+        return actions.HistoryRef(time=_history_time(given, param))
+    if kind != "msgid":
+        raise _HistoryFail("INVALID_MSGREFTYPE", given, word(target),
+                           text=f"{word(kind, 32)} references are not supported")
+    ref = irc.parse_msgid(value)
+    if room is not None and (ref is None or ref[0] != room.key):
+        raise _HistoryFail("MESSAGE_ERROR", given, word(target), word(param),
+                           text=_WHAT_FAILED)
+    return actions.HistoryRef(id=ref[1] if ref is not None else 0)
+
+
 def _tagmsg(c: IrcConnection, m: IrcLine) -> None:
     """Tag-only messages (typing notifications): no hub event carries them; dropped."""
 
@@ -1289,5 +1406,10 @@ COMMANDS: Final[dict[str, Cmd]] = {
                help="shut the server down (the native /shutdown)"),
     "CLEAR": Cmd(_clear, 1, oper=True, usage="<#chan>",
                  help="empty a channel's history (the native /clear)"),
+    "CHATHISTORY": Cmd(_chathistory, 0,
+                       usage="LATEST|BEFORE|AFTER|AROUND <#chan> <ref> <limit> | "
+                             "BETWEEN <#chan> <ref> <ref> <limit> | TARGETS <ts> <ts> <limit>",
+                       help="IRCv3 draft/chathistory: a channel's stored lines; <ref> is *, "
+                            "msgid=... or timestamp=..."),
     "TAGMSG": Cmd(_tagmsg, 1),
 }

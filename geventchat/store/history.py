@@ -142,6 +142,8 @@ MAX_LINE = 1 << 20
 #: At most this many bytes are read back from the end by :meth:`History.since` and
 #: :meth:`History.last`; older lines count as lost.
 SINCE_MAX_BYTES = 16 << 20
+#: Longest a ``since``/``last`` read of the file waits for the writer to catch up.
+SETTLE_TIMEOUT = 2.0
 
 #: No record is shorter than this; a file smaller than ``limit * MIN_RECORD_BYTES`` cannot
 #: hold ``limit`` records, so compaction does not need to count its lines.
@@ -785,6 +787,7 @@ class History:
         memory = list(self._recent)
         if n <= len(memory) or self._complete:
             return memory[-n:]
+        self._settle()
         tail = self._run(_read_records, self.path, self.room, n, None)
         older = self._older_than([e for e, epoch, _ in tail.records if self._ours(epoch)],
                                  memory[0] if memory else None)
@@ -809,6 +812,7 @@ class History:
         if self._complete or (memory and memory[0].id <= after_id + 1):
             lines = [e for e in memory if e.id > after_id]
         else:
+            self._settle()
             tail = self._run(_read_records, self.path, self.room, 1 << 62, after_id)
             first = memory[0].id if memory else self._last_id + 1
             lines = [e for e, ep, _ in tail.records
@@ -817,6 +821,22 @@ class History:
         lines = lines[:limit]
         lost = (lines[0].id if lines else self._last_id + 1) - after_id - 1
         return lines, lost
+
+    def _settle(self, timeout: float = SETTLE_TIMEOUT) -> None:
+        """Before ``last``/``since`` read the file: wait (this greenlet only) until the
+        lines queued so far are written (not fsynced), so that every line is in memory or
+        in the file, never only in the queue (a burst pushes lines out of memory faster
+        than the writer's next round). A failing or slow disk ends the wait early: the
+        lines it holds are then reported lost, as on any read that can't have them."""
+        target = self._seq
+        deadline = time.monotonic() + timeout
+        while self._written < target and not self._closed and not self._failing:
+            progress = self._progress  # taken before the check, so no signal is missed
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._kick_writer()
+            progress.wait(remaining)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything queued so far is written and fsynced; False on timeout

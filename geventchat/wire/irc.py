@@ -27,10 +27,11 @@ import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import TYPE_CHECKING, ClassVar, Final
 
 from geventchat.core import events as ev
-from geventchat.core.text import clean
+from geventchat.core.text import clean, name_key
 from geventchat.wire.native import TOO_LONG, BadUtf8, LineDecoder, LineTooLong
 
 log = logging.getLogger(__name__)
@@ -439,21 +440,50 @@ def channel(room: str) -> str:
     return f"#{room}"
 
 
+@lru_cache(maxsize=4096)
+def _room_key(room: str) -> str:
+    return name_key(room)
+
+
+def msgid(room: str, ident: int) -> str:
+    """The IRCv3 ``msgid`` of the stored line ``ident`` of ``room``: ``<room key>-<id>``.
+
+    Stable and unique without any state: a room's ids only grow (across restarts and
+    clears) and are the same on every node of a cluster (the broker numbers a line once),
+    and the room key is the room's identity (``name_key``: letters, digits, ``_ - .``), so
+    every node, before and after a restart, gives one line the same msgid."""
+    return f"{_room_key(room)}-{ident}"
+
+
+def parse_msgid(value: str) -> tuple[str, int] | None:
+    """``"lobby-42"`` (or a piece of it, ``"lobby-42.1"``) -> ``("lobby", 42)``; None for
+    anything we never issued."""
+    key, sep, ident = value.rpartition("-")
+    ident = ident.partition(".")[0]  # a piece of a long line: the line itself
+    if not sep or not key or not ident.isascii() or not ident.isdigit() or len(ident) > 18:
+        return None
+    return key, int(ident)
+
+
 #: Batch references for history replays: unique per process, short.
 _BATCH_IDS: Iterator[int] = itertools.count(1)
 
 #: Events a client without ``echo-message`` must not get back from its own rooms.
 _ECHOED: Final = (ev.Message, ev.Action, ev.RoomNotice)
+#: Stored events: they carry a ``msgid`` (with ``message-tags``).
+_STORED: Final = (ev.Message, ev.Action, ev.Cleared)
 
 
 @dataclass(frozen=True, slots=True)
 class IrcRenderer:
     """Renders events as IRC lines for one combination of capabilities.
 
-    One instance per (server, ``server-time``, ``echo-message``, ``batch``), cached by the
-    connection, so a room renders a batch once per combination present. With
+    One instance per (server, ``server-time``, ``echo-message``, ``batch``...), cached by
+    the connection, so a room renders a batch once per combination present. With
     ``echo-message`` every member gets the same bytes (``shared``); without it each member
-    is rendered for (``render_for``) and its own messages are left out.
+    is rendered for (``render_for``) and its own messages are left out. With
+    ``message-tags`` stored lines carry their ``msgid``; with ``draft/chathistory`` a join
+    shows no history (the client asks for it with CHATHISTORY).
     """
 
     server: str
@@ -463,6 +493,8 @@ class IrcRenderer:
     batch: bool = False
     multi_prefix: bool = False  # NAMES/WHO show every prefix (``@+nick``), not the highest
     userhost: bool = False  # userhost-in-names: NAMES shows ``nick!user@host``
+    msgid: bool = False  # message-tags: stored lines carry ``msgid``
+    chathistory: bool = False  # draft/chathistory: no automatic replay on join
 
     name: ClassVar[str] = "irc"
 
@@ -505,7 +537,8 @@ class IrcRenderer:
         if room.topic:
             lines.append(self.numeric(RPL_TOPIC, me, chan, trailing=room.topic))
         lines += self.names(me, room)
-        lines += self.replay(chan, replay)
+        if not self.chathistory:
+            lines += self.replay(chan, replay)
         return _wire(lines)
 
     # --- pieces ---------------------------------------------------------------------------
@@ -555,6 +588,29 @@ class IrcRenderer:
         lines.append(format_line("BATCH", f"-{ref}", source=self.server))
         return lines
 
+    def history(self, target: str, events: list[ev.Event]) -> list[str]:
+        """A CHATHISTORY answer: like :meth:`replay`, but an empty batch is still sent (the
+        client waits for it), and nothing at all without ``batch``."""
+        if not self.batch:
+            return [line for e in events for line in self.lines(e)]
+        ref = f"h{next(_BATCH_IDS)}"
+        lines = [format_line("BATCH", f"+{ref}", "chathistory", target, source=self.server)]
+        lines += [line for e in events for line in self.lines(e, batch=ref)]
+        lines.append(format_line("BATCH", f"-{ref}", source=self.server))
+        return lines
+
+    def history_targets(self, nick: str, targets: list[tuple[str, datetime]]) -> list[str]:
+        """``CHATHISTORY TARGETS`` lines, in a ``draft/chathistory-targets`` batch."""
+        ref = f"h{next(_BATCH_IDS)}" if self.batch else None
+        tags = {"batch": ref} if ref else None
+        lines = [format_line("CHATHISTORY", "TARGETS", name, irc_time(when),
+                             source=self.server, tags=tags) for name, when in targets]
+        if ref is None:
+            return lines
+        return [format_line("BATCH", f"+{ref}", "draft/chathistory-targets",
+                            source=self.server), *lines,
+                format_line("BATCH", f"-{ref}", source=self.server)]
+
     def lines(self, event: ev.Event, to: str = "*", batch: str | None = None) -> list[str]:
         """``event`` as IRC lines without CRLF (several for a long message, none for a
         prompt). ``to`` is the recipient's nick, for notices from the server."""
@@ -565,6 +621,8 @@ class IrcRenderer:
                 tags["time"] = irc_time(when)
         if batch is not None:
             tags["batch"] = batch
+        if self.msgid and type(event) in _STORED and event.id:
+            tags["msgid"] = msgid(event.room, event.id)
         try:
             return _LINES[type(event)](self, event, to, tags)
         except Exception:  # total: a bad event (a damaged record) is a notice, never a crash
@@ -583,8 +641,8 @@ class IrcRenderer:
         pieces = split_text(text, room)
         if action:
             pieces = [f"\x01ACTION {p}\x01" for p in pieces]
-        return [format_line("PRIVMSG", target, trailing=p, source=source, tags=tags)
-                for p in pieces]
+        return [format_line("PRIVMSG", target, trailing=p, source=source,
+                            tags=_piece_tags(tags, i)) for i, p in enumerate(pieces)]
 
     def _user_notice(self, name: str, target: str, text: str, tags: dict[str, str]
                      ) -> list[str]:
@@ -600,6 +658,15 @@ class IrcRenderer:
     def _killed_victim(self, e: ev.Killed) -> list[str]:
         return [format_line("KILL", e.name, trailing=e.reason or e.by, source=self._src(e.by)),
                 format_line("ERROR", trailing=f"Closing link: ({_kill_text(e)})")]
+
+
+def _piece_tags(tags: dict[str, str], i: int) -> dict[str, str]:
+    """Tags of the ``i``-th PRIVMSG a long line is split into: every piece needs a msgid
+    of its own (clients drop a msgid they have seen), so the pieces after the first are
+    ``<msgid>.1``, ``<msgid>.2``... (a CHATHISTORY reference to one means the whole line)."""
+    if not i or "msgid" not in tags:
+        return tags
+    return {**tags, "msgid": f"{tags['msgid']}.{i}"}
 
 
 def _wire(lines: list[str]) -> bytes:
