@@ -482,3 +482,34 @@ def test_joins_and_leaves_in_the_same_order_as_lines(cluster) -> None:
     seen = [o.expect("s1: END") for o in (o1, o2)]
     assert seen[0] == seen[1]
     assert sum(x.startswith("* j") for x in seen[0]) == 20  # 10 joins and 10 leaves
+
+
+def test_history_and_resume_across_nodes(cluster) -> None:
+    """Scrollback and gap-free resume read the room's Redis stream: a client that drops
+    from node A resumes on node B with exactly the lines it missed."""
+    import re
+
+    from tests.test_resume import IDS, ROOM, login_ids
+
+    a, b = cluster("a", "--rate-limit", "0"), cluster("b", "--rate-limit", "0")
+    talker = a.connect("talker")
+    for i in range(3):
+        talker.send(f"before {i}")
+        talker.expect(f"talker: before {i}")
+    prog, burst = login_ids(b.port, "prog")
+    room = ROOM.match(next(x for x in burst if ROOM.match(x)))
+    epoch = room.group(2)
+    last = int(IDS.match([x for x in burst if IDS.match(x)][-1]).group(1))
+    prog.close()
+    for i in range(3):
+        talker.send(f"missed {i}")
+        talker.expect(f"talker: missed {i}")
+    again, burst = login_ids(a.port, "prog", f"/resume lobby {epoch} {last}")
+    assert [IDS.match(x).group(2) for x in burst if IDS.match(x)] == [
+        f"talker: missed {i}" for i in range(3)]
+    assert again.line() == "= resumed lobby 3"
+    viewer = b.connect("viewer")
+    viewer.send("/history 2")
+    lines = viewer.expect("* end of history")
+    assert [x for x in lines if re.match(r"^talker: ", x)][-2:] == [
+        "talker: missed 1", "talker: missed 2"]

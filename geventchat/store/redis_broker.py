@@ -831,6 +831,55 @@ class RedisBroker:
         state = self._rooms.get(room.key)
         return list(state.recent) if state is not None else []
 
+    def position(self, room: Room) -> tuple[str, int]:
+        """The room's epoch and last offset this node delivered (never waits)."""
+        state = self._rooms.get(room.key)
+        if state is None or state.epoch is None:
+            return "", 0
+        epoch = state.epoch.decode() if isinstance(state.epoch, bytes) else str(state.epoch)
+        return epoch, state.last
+
+    def since(self, room: Room, after_id: int, limit: int) -> tuple[list[ev.Event], int]:
+        """Stored lines after ``after_id`` from the room's stream (waits). Offsets are
+        shared with unstored events, so ids have holes: whether lines were trimmed away is
+        read from the stream's ``max-deleted-entry-id`` (lost is then reported as 1, the
+        count being unknown)."""
+        try:
+            lines, info = self.call(
+                ("XRANGE", f"{P}room:{room.key}:lines", f"{after_id + 1}-0", "+",
+                 "COUNT", limit),
+                ("XINFO", "STREAM", f"{P}room:{room.key}:lines"))
+        except BackplaneDown:
+            raise _unavailable(room) from None
+        except Exception:  # no stream yet (XINFO on a missing key): nothing stored
+            return [], 0
+        events = self._decode_lines(lines)
+        fields = dict(zip(info[::2], info[1::2], strict=False)) if isinstance(info, list) \
+            else dict(info)
+        deleted = fields.get(b"max-deleted-entry-id", fields.get("max-deleted-entry-id", b"0"))
+        deleted_id = _entry_offset(deleted)
+        return events, (1 if deleted_id > after_id else 0)
+
+    def last(self, room: Room, n: int) -> list[ev.Event]:
+        """The last ``n`` stored lines, from the room's stream (waits)."""
+        try:
+            (lines,) = self.call(("XREVRANGE", f"{P}room:{room.key}:lines", "+", "-",
+                                  "COUNT", n))
+        except BackplaneDown:
+            raise _unavailable(room) from None
+        return self._decode_lines(list(reversed(lines)))
+
+    @staticmethod
+    def _decode_lines(lines: list) -> list[ev.Event]:
+        events = []
+        for entry_id, fields in lines:
+            try:
+                event, _ = codec.decode(fields[b"e"], _entry_offset(entry_id))
+            except (ValueError, KeyError, TypeError):
+                continue
+            events.append(event)
+        return events
+
     def _store_modes(self, room: Room, event: ev.ModeChanged) -> None:
         args = list(event.args)
         sign = "+"
@@ -972,6 +1021,15 @@ def _apply_modes(room: Room, event: ev.ModeChanged) -> None:
             (room.ops.add if sign == "+" else room.ops.discard)(key)
         elif ch == "t":
             room.topic_locked = sign == "+"
+
+
+def _entry_offset(entry_id: bytes | str) -> int:
+    """``b"42-0"`` -> 42 (stream ids are ``offset-0``)."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+    try:
+        return int(text.split("-")[0])
+    except ValueError:
+        return 0
 
 
 def _unavailable(room: Room) -> ChatError:
