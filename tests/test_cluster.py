@@ -513,3 +513,31 @@ def test_history_and_resume_across_nodes(cluster) -> None:
     lines = viewer.expect("* end of history")
     assert [x for x in lines if re.match(r"^talker: ", x)][-2:] == [
         "talker: missed 1", "talker: missed 2"]
+
+
+def test_chathistory_reads_the_redis_store(cluster) -> None:
+    """IRCv3 CHATHISTORY on node A reads lines said on node B from the room's stream, with
+    the same msgids on both nodes; and the `irc` library client gets its replay."""
+    from tests.test_irc import RawIrc
+    from tests.test_irc_chathistory import HISTORY_CAPS, query
+
+    a, b = cluster("a", "--rate-limit", "0"), cluster("b", "--rate-limit", "0")
+    bob = b.connect("bob")
+    for i in range(1, 6):
+        bob.send(f"line {i}")
+        bob.expect(f"bob: line {i}")
+    ian = RawIrc(a.port)
+    ian.register("ian", *HISTORY_CAPS)
+    ian.send("JOIN #lobby")
+    ian.expect(lambda m: m.command == "366")
+    _, body = query(ian, "CHATHISTORY LATEST #lobby * 3")
+    assert [m.params[1] for m in body] == ["line 3", "line 4", "line 5"]
+    msgid = body[0].tags["msgid"]
+    _, before = query(ian, f"CHATHISTORY BEFORE #lobby msgid={msgid} 10")
+    assert [m.params[1] for m in before] == ["line 1", "line 2"]
+    other = RawIrc(b.port)
+    other.register("olga", *HISTORY_CAPS)
+    other.send("JOIN #lobby")
+    other.expect(lambda m: m.command == "366")
+    _, same = query(other, "CHATHISTORY LATEST #lobby * 3")
+    assert [m.tags["msgid"] for m in same] == [m.tags["msgid"] for m in body]
