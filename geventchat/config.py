@@ -377,8 +377,9 @@ def _writable_history(path: Path) -> None:
         # Room files and compaction's temporary files are created beside it.
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".geventchat-check-"):
             pass
-        with open(path, "ab"):
-            pass
+        if path.exists():  # a new file is created later, by the history, mode 0600
+            with open(path, "ab"):
+                pass
     except OSError as exc:
         raise ConfigError(f"history file {path} is not writable: "
                           f"{exc.strerror or exc}") from None
