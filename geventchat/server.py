@@ -109,6 +109,7 @@ class ChatServer:
     def start(self) -> None:
         """Load the lobby (a history locked by another server stops us here), then open
         every listener (all or none: the error names the port that failed)."""
+        _create_private(self.settings.history)  # so that it can be locked from the start
         self.hub.broker.prepare(self.hub.lobby)
         for server, kind in self._listeners:
             try:
@@ -293,6 +294,24 @@ class ChatServer:
         self.hub.close_storage(timeout=CLOSE_TIMEOUT)
         self._listeners[0][0].stop(timeout=self.settings.stop_timeout)
         log.info("stopped")
+
+
+def _create_private(path: Path) -> None:
+    """Create the lobby's history file (mode 0600) if it is missing: a file that exists can
+    be locked at once, so a second server on the same files refuses to start even when the
+    first has not written a line yet."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        return
+    except OSError:
+        return  # the start-up checks reported it, or the history will
+    from geventchat.store.atomic import fsync_dir
+
+    try:
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        pass
 
 
 class ListenError(OSError):
