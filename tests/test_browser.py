@@ -189,17 +189,30 @@ def test_admin_password_field(browser, tmp_path):
 
 
 def test_page_survives_a_server_restart(browser, srv):
+    """The page reconnects by itself and resumes where it was: back in its room, each line
+    shown once (what it had seen is not repeated, what was said meanwhile is shown)."""
     drv = browser()
     enter(drv, srv.port, "phoenix")
     say(drv, "/join dev")
     wait_until(drv, lambda d: d.find_element(By.ID, "room-name").text == "dev", "room dev")
-    srv.restart()
+    before = srv.connect("before")
+    before.send("/join dev")
+    before.expect("* before joined")
+    before.send("seen before the restart")
+    wait_line(drv, "seen before the restart")
+    assert srv.stop() == 0
     wait_line(drv, "disconnected")
-    wait_line(drv, "rejoining dev", timeout=30)
-    wait_until(drv, lambda d: d.find_element(By.ID, "room-name").text == "dev",
-               "back in dev after the restart", timeout=30)
+    srv.start()  # same port and files
     native = srv.connect("after")
     native.send("/join dev")
+    native.send("meanwhile-line")
+    wait_line(drv, "reconnected", timeout=30)
+    wait_until(drv, lambda d: d.find_element(By.ID, "room-name").text == "dev",
+               "back in dev after the restart", timeout=30)
+    wait_line(drv, "meanwhile-line", timeout=30)
+    texts = log_texts(drv)
+    assert sum("seen before the restart" in t for t in texts) == 1, "\n".join(texts)
+    assert sum("meanwhile-line" in t for t in texts) == 1, "\n".join(texts)
     say(drv, "still here")
     native.expect("phoenix: still here")
 

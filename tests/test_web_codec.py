@@ -51,12 +51,16 @@ def test_every_event_type_renders():
         ev.Topic("dev", "op", "news", T), ev.Renamed("a", "b", T), ev.Cleared("root", "dev", T),
         ev.ModeChanged("dev", "op", "+o", ("a",), T), ev.Shutdown("bye", T),
         ev.Notice("note", T), ev.Prompt("name"), ev.Error("usage", "usage: /msg"),
+        ev.RoomNotice("a", "heads up", "dev", T), ev.Invited("op", "a", "dev", T),
+        ev.HistoryMark("room", "dev", "1a2b3c4d", 7), ev.HistoryMark("resumed", "dev", "x", 9, 2),
     ]
     assert {type(e) for e in samples} == set(_JSON)  # every event type has a JSON form
     frames = json.loads(unframe(WEB.render_many(samples)))
     assert [f["type"] for f in frames] == [
         "message", "action", "private", "join", "leave", "quit", "kick", "kill", "topic",
-        "rename", "cleared", "mode", "shutdown", "notice", "prompt", "error"]
+        "rename", "cleared", "mode", "shutdown", "notice", "prompt", "error", "message",
+        "notice", "position", "resumed"]
+    assert frames[-1] == {"type": "resumed", "room": "dev", "count": 2}
     assert frames[0] == {"type": "message", "room": "dev", "name": "a", "text": "hi",
                          "time": "2026-01-02T03:04:05.678Z", "id": 7}
     assert "id" not in frames[1]  # unnumbered lines carry no id

@@ -52,6 +52,10 @@ _JSON: Final[dict[type, Callable[[Any], dict]]] = {
     ev.Action: _stored("action"),
     ev.PrivateMessage: lambda e: {"type": "private", "from": e.sender, "to": e.target,
                                   "text": e.text, "time": _time(e)},
+    ev.RoomNotice: lambda e: {"type": "message", "room": e.room, "name": e.name,
+                              "text": e.text, "notice": True, "time": _time(e)},
+    ev.Invited: lambda e: {"type": "notice", "text": f"{e.by} invites you to {e.room}: "
+                                                     f"/join {e.room}", "time": _time(e)},
     ev.Joined: lambda e: {"type": "join", "room": e.room, "name": e.name, "time": _time(e)},
     ev.Left: lambda e: {"type": "leave", "room": e.room, "name": e.name,
                         "reason": e.reason, "time": _time(e)},
@@ -67,6 +71,10 @@ _JSON: Final[dict[type, Callable[[Any], dict]]] = {
     ev.Cleared: _cleared,
     ev.ModeChanged: lambda e: {"type": "mode", "room": e.room, "by": e.by, "modes": e.modes,
                                "args": list(e.args), "time": _time(e)},
+    ev.HistoryMark: lambda e: ({"type": "resumed", "room": e.room, "count": e.count}
+                               if e.kind == "resumed" else
+                               {"type": "position", "room": e.room, "epoch": e.epoch,
+                                "last": e.last_id}),
     ev.Shutdown: lambda e: {"type": "shutdown", "reason": e.reason, "time": _time(e)},
     ev.Notice: lambda e: {"type": "notice", "text": e.text, "time": _time(e)},
     ev.Prompt: lambda e: {"type": "prompt", "what": e.what},
@@ -146,16 +154,24 @@ class WebRenderer:
         return frame_json(objs)
 
     def _replay(self, room: Any, replay: list[ev.Event]) -> list[dict]:
+        """The replay between markers; the begin marker says where the room's history
+        stands (``epoch``, ``last`` id), so a page can resume from there after a drop."""
         name = getattr(room, "name", "")
         version = getattr(room, "version", None)
+        # The same room, history version and span of ids: a resume replays another span.
+        key = (version, len(replay), getattr(replay[0], "id", 0) if replay else 0,
+               getattr(replay[-1], "id", 0) if replay else 0)
         cached = self._replays.get(room) if version is not None else None
-        if cached is not None and cached[0] == version:
+        if cached is not None and cached[0] == key:
             return cached[1]
-        objs = [{"type": "history", "room": name, "phase": "begin", "count": len(replay)},
+        broker = getattr(room, "broker", None)
+        epoch, last = broker.position(room) if broker is not None else ("", 0)
+        objs = [{"type": "history", "room": name, "phase": "begin", "count": len(replay),
+                 "epoch": epoch, "last": last},
                 *[to_json(e) for e in replay],
                 {"type": "history", "room": name, "phase": "end", "count": len(replay)}]
         if version is not None:
-            self._replays[room] = (version, objs)
+            self._replays[room] = (key, objs)
         return objs
 
 
