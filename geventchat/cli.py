@@ -127,9 +127,10 @@ so ("* connection lost; reconnecting in 1 s..."), retries after 1, 2, 4, 8, 16, 
 30... s, logs in again with the same name (passwords kept in memory only, asked again
 only if refused), goes back to your room and shows exactly the lines said meanwhile,
 each once, or the server's notice when some could not be recovered. What you type
-meanwhile is sent once reconnected (in a pipe: up to 1000 stdin lines are held). A
-kick, a shutdown notice (unless --reconnect-after-shutdown) or --no-reconnect ends the
-client instead; after --reconnect-timeout it gives up with exit 1. /history [N] shows
+meanwhile is sent once reconnected (up to 1000 lines are held; in a pipe the client's
+own lines go to stderr). A kick, an idle-timeout close, a shutdown notice (unless
+--reconnect-after-shutdown) or --no-reconnect ends the client instead; after
+--reconnect-timeout it gives up with exit 1. /history [N] shows
 older lines of the room; Page Up shows what the terminal's own scrollback holds.
 
 environment:

@@ -123,6 +123,8 @@ _HISTORY_START = re.compile(r"\* history of \S+ \(\d+ lines?\):")
 _HISTORY_END = "* end of history"
 _CLEARED = re.compile(r"\* history cleared by \S+")
 _IDS_ON = "* ids on"
+# The server closes a connection idle for longer than its --idle-timeout: on purpose.
+_IDLE = re.compile(r"! idle for \S+ s")
 
 
 class Kind(enum.StrEnum):
@@ -633,6 +635,9 @@ class Session:
             return False
         if self.user_quit or self.kicked or self.gave_up:
             return False
+        if self.last_line is not None and not self._last_stored and _IDLE.fullmatch(
+                self.last_line):
+            return False  # closed for idling: coming back at once would defeat the point
         return policy.after_shutdown or not self._shutdown_seen()
 
     def _shutdown_seen(self) -> bool:

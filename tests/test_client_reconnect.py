@@ -442,3 +442,76 @@ def test_pipe_mode_exits_4_when_its_name_was_taken_meanwhile(
     err.expect(f"geventchat: name refused: {name} (! name taken: {name})")
     assert proc.wait(10) == EXIT_NAME
     thief.close()
+
+
+# --- times and passwords -------------------------------------------------------------------
+
+
+def test_a_stored_line_shows_the_local_time_it_was_said(
+    make_srv: Callable[..., object], client: Client, uid: Uid
+) -> None:
+    srv = make_srv(start=False)
+    token = uid("old")
+    srv.history.write_text(  # said on 2020-01-01 at 03:04:05 UTC
+        '{"time":"2020-01-01T03:04:05+00:00","kind":"message","name":"elder",'
+        f'"text":"{token}","room":"lobby","id":1,"epoch":"0badcafe"}}\n')
+    srv.start()
+    for tz, shown in (("UTC0", "03:04"), ("XYZ-5:30", "08:34")):  # POSIX TZ: UTC+5:30
+        name = uid("alice")
+        term = client(name, port=srv.port, env={"TZ": tz})
+        term.expect(rf"^{shown} elder: {token}$")
+        joined(term, name)
+        leave(term)
+
+
+def test_passwords_are_kept_for_a_reconnect_and_asked_again_only_when_refused(
+    server: ServerFactory, client: Client, uid: Uid, relay: Callable[[int], Relay],
+    tmp_path: object,
+) -> None:
+    root_name, root_pw, new_pw, server_pw = uid("root"), uid("pw"), uid("newpw"), uid("spw")
+    password_file = tmp_path / "server-password"  # type: ignore[operator]
+    password_file.write_text(server_pw + "\n")
+    srv = server(admins={root_name: root_pw}, args=["--password-file", str(password_file)])
+    r = relay(srv.port)
+    root = client(root_name, port=r.port)
+    root.expect("server password:")
+    root.sendline(server_pw)
+    root.expect("^password:")
+    root.sendline(root_pw)
+    joined(root, root_name)
+
+    r.cut()  # both passwords kept: nothing is asked
+    root.expect(LOST)
+    r.release()
+    root.expect(r"\* reconnected \(0 missed lines\)")
+    assert "password:" not in root.visible[root.visible.index("connection lost"):]
+
+    draft = uid("draft")
+    root.send(draft)
+    root.expect(draft)
+    r.cut()
+    root.expect(LOST)
+    srv.add_admin(root_name, new_pw)  # changed while away: the kept one is refused
+    r.release()
+    root.expect(r"! wrong password")
+    root.expect(r"^password:", timeout=15)  # only the admin password is asked
+    root.sendline(new_pw)
+    root.expect(rf"\* {root_name} joined")
+    root.expect(rf"{root_name}>\s*{draft}")
+    for secret in (root_pw, new_pw, server_pw):
+        assert secret not in root.visible
+    root.sendline("")
+    root.expect(rf"^{T}{root_name}: {draft}$")
+    leave(root)
+
+
+def test_an_idle_timeout_close_is_not_reconnected(
+    server: ServerFactory, client: Client, uid: Uid
+) -> None:
+    server(args=["--idle-timeout", "1"])
+    name = uid("idler")
+    term = client(name)
+    joined(term, name)
+    term.expect(r"! idle for 1 s", timeout=15)
+    assert term.expect_exit() == EXIT_LOST
+    assert "reconnecting" not in term.visible
