@@ -515,3 +515,33 @@ def test_an_idle_timeout_close_is_not_reconnected(
     term.expect(r"! idle for 1 s", timeout=15)
     assert term.expect_exit() == EXIT_LOST
     assert "reconnecting" not in term.visible
+
+
+def test_a_reconnect_resumes_in_the_room_the_user_was_in(
+    server: ServerFactory, client: Client, uid: Uid, relay: Callable[[int], Relay]
+) -> None:
+    srv = server()
+    r = relay(srv.port)
+    alice_name, bob_name, lobby_name = uid("alice"), uid("bob"), uid("lob")
+    room = uid("dev")
+    alice = client(alice_name, port=r.port)
+    joined(alice, alice_name)
+    alice.sendline(f"/join {room}")
+    alice.expect(rf"\* {alice_name} joined")
+    bob = talker(srv.port, bob_name)
+    bob.send(f"/join {room}")
+    bob.expect(f"* {bob_name} joined")
+    lobby = talker(srv.port, lobby_name)  # stays in the lobby
+    r.cut()
+    alice.expect(LOST)
+    bob.expect(f"* {alice_name} left")
+    missed, elsewhere = uid("missed"), uid("elsewhere")
+    say(bob, missed)
+    say(lobby, elsewhere)
+    r.release()
+    alice.expect(r"\* reconnected \(1 missed line\)")
+    alice.sendline("/who")
+    alice.expect(rf"\* online \(2\): .*{bob_name}")
+    leave(alice)
+    assert chat_lines(alice, bob_name) == [missed]
+    assert elsewhere not in alice.visible
