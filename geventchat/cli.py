@@ -166,7 +166,7 @@ exit codes:
                    help="don't show the local time before each line on a terminal")
     p.add_argument("--no-reconnect", action="store_true",
                    help="exit (1) when the connection drops instead of reconnecting")
-    p.add_argument("--reconnect-timeout", type=float, default=RECONNECT_TIMEOUT,
+    p.add_argument("--reconnect-timeout", type=number(zero_ok=True), default=RECONNECT_TIMEOUT,
                    metavar="SECONDS",
                    help="give up reconnecting (exit 1) this long after a drop; 0 = never "
                         "(default: %(default)g)")
@@ -342,9 +342,6 @@ def _connect(args: argparse.Namespace) -> int:
     except (OSError, UnicodeDecodeError) as exc:
         print(f"geventchat: cannot read the password file: {exc}", file=sys.stderr)
         return EXIT_PASSWORD
-    if args.reconnect_timeout < 0:
-        print("geventchat: --reconnect-timeout must be 0 or more", file=sys.stderr)
-        return 2
     return run(args.host, args.port, args.name, tls=tls, show_time=not args.no_time,
                secrets=secrets, reconnect=not args.no_reconnect,
                reconnect_after_shutdown=args.reconnect_after_shutdown,
