@@ -27,6 +27,9 @@ from geventchat.config import (
 DEFAULTS = Settings()
 DEFAULT_PORT = DEFAULTS.port
 DEFAULT_ADMINS = DEFAULTS.admins
+#: ``geventchat.client.RECONNECT_TIMEOUT``, not imported here: the client pulls in
+#: prompt_toolkit, which ``serve`` and ``admin`` don't need (a test keeps them equal).
+RECONNECT_TIMEOUT = 600.0
 
 
 def _opt(p: argparse.ArgumentParser, flag: str, help: str, **kwargs) -> None:
@@ -131,7 +134,19 @@ from the files or variables below, the name from --name (without it, the first l
 is the name, once), and a refused name or a missing or wrong password ends the
 client (exit 4 or 5) instead of asking again. On a terminal, a given password
 answers its first prompt and you are asked if it is refused.
-Terminal output starts each line with the local time (HH:MM); pipe output has none.
+Terminal output starts each line with the local time (HH:MM): when the server stored
+it (history, missed lines), else when it arrived; pipe output has none.
+
+reconnecting: when the connection drops unexpectedly after you joined, the client says
+so ("* connection lost; reconnecting in 1 s..."), retries after 1, 2, 4, 8, 16, 30,
+30... s, logs in again with the same name (passwords kept in memory only, asked again
+only if refused), goes back to your room and shows exactly the lines said meanwhile,
+each once, or the server's notice when some could not be recovered. What you type
+meanwhile is sent once reconnected (up to 1000 lines are held; in a pipe the client's
+own lines go to stderr). A kick, an idle-timeout close, a shutdown notice (unless
+--reconnect-after-shutdown) or --no-reconnect ends the client instead; after
+--reconnect-timeout it gives up with exit 1. /history [N] shows
+older lines of the room; Page Up shows what the terminal's own scrollback holds.
 
 environment:
   GEVENTCHAT_SERVER_PASSWORD  server password, when --password-file is not given
@@ -140,7 +155,8 @@ environment:
 
 exit codes:
   0  you left (/quit, exit, Ctrl-D, Ctrl-C, end of piped input)
-  1  connection lost, refused, or not set up (TLS errors included)
+  1  connection lost (with --no-reconnect, or reconnecting gave up), refused, or not
+     set up (TLS errors included)
   2  the server shut down
   3  you were kicked
   4  name refused (off a terminal)
@@ -163,6 +179,15 @@ exit codes:
                             "implies --tls")
     p.add_argument("--no-time", action="store_true",
                    help="don't show the local time before each line on a terminal")
+    p.add_argument("--no-reconnect", action="store_true",
+                   help="exit (1) when the connection drops instead of reconnecting")
+    p.add_argument("--reconnect-timeout", type=number(zero_ok=True), default=RECONNECT_TIMEOUT,
+                   metavar="SECONDS",
+                   help="give up reconnecting (exit 1) this long after a drop; 0 = never "
+                        "(default: %(default)g)")
+    p.add_argument("--reconnect-after-shutdown", action="store_true",
+                   help="reconnect after a '* server shutting down' notice too (a "
+                        "restart) instead of exiting 2")
     p.add_argument("--password-file", type=Path, metavar="FILE",
                    help="server password: this file's first line "
                         "(else $GEVENTCHAT_SERVER_PASSWORD)")
@@ -333,7 +358,9 @@ def _connect(args: argparse.Namespace) -> int:
         print(f"geventchat: cannot read the password file: {exc}", file=sys.stderr)
         return EXIT_PASSWORD
     return run(args.host, args.port, args.name, tls=tls, show_time=not args.no_time,
-               secrets=secrets)
+               secrets=secrets, reconnect=not args.no_reconnect,
+               reconnect_after_shutdown=args.reconnect_after_shutdown,
+               reconnect_timeout=args.reconnect_timeout)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,9 +16,16 @@ and predictable:
   filter: stdin lines go to the server, server lines go to stdout, flushed one by one.
 * The pure helpers (``classify``, ``style_for``, ``render``, ``is_quit`` ...) hold every
   rule about server lines, so they can be tested without a socket or a terminal.
+* No lost lines (docs/PROTOCOL.md, section 9): the client asks for ids before its name,
+  so it knows per room the epoch and the last line it showed (:class:`Marks`); the
+  ``#ID@TIME`` prefix is removed and the line shown with the time it was said. When the
+  connection drops unexpectedly the I/O thread reconnects with backoff, logs in again
+  and sends ``/resume ROOM EPOCH LAST``: the missed lines come once, and a stored line
+  shown already is dropped (same epoch, id not above the last shown). See :class:`Session`.
 
 Exit codes tell a script what happened: 0 when the user left, 1 when the connection was
-lost, refused or could not be set up (TLS included), 2 when the server shut down, 3 when we
+lost (with reconnecting off, or after it gave up), refused or could not be set up (TLS
+included), 2 when the server shut down, 3 when we
 were kicked, 4 when our name was refused and 5 when a password was needed and not given, or
 wrong (the last two only off a terminal, where nobody can type another answer).
 
@@ -30,6 +37,7 @@ which is POSIX-only, and the tests run on Linux only.
 from __future__ import annotations
 
 import asyncio
+import calendar
 import enum
 import os
 import queue
@@ -72,6 +80,14 @@ FIRST_LINE_WAIT = 3.0
 #: Seconds allowed for that check's own TLS handshake.
 PROBE_TIMEOUT = 3.0
 
+#: Seconds between reconnect attempts: 1, 2, 4 ... then the last one again and again.
+RECONNECT_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+#: Default seconds after a drop before the client gives up reconnecting (exit 1).
+RECONNECT_TIMEOUT = 600.0
+#: Lines typed (or piped) while disconnected, kept to be sent after the resume; more are
+#: dropped with a notice.
+HELD_MAX = 1000
+
 EXIT_OK = 0
 EXIT_LOST = 1
 EXIT_SHUTDOWN = 2
@@ -99,6 +115,16 @@ _LEFT = re.compile(r"\* (\S+) (?:left(?: \(.*\))?|was kicked (?:from \S+ )?by \S
 _ONLINE = re.compile(r"\* online \(\d+\): (.*)")
 # A chat line: a name (never a space, ``*``, ``!``, ``?``, ``(`` or ``:``), then ``: ``.
 _CHAT = re.compile(r"([^\s*!?(:]+): ")
+# What the server adds once we asked for ids (docs/PROTOCOL.md, section 9).
+_ID_PREFIX = re.compile(r"#(\d+)@(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ) ")
+_ROOM_MARK = re.compile(r"= room (\S+) epoch (\S+) last (\d+)")
+_RESUMED_MARK = re.compile(r"= resumed (\S+) (\d+)")
+_HISTORY_START = re.compile(r"\* history of \S+ \(\d+ lines?\):")
+_HISTORY_END = "* end of history"
+_CLEARED = re.compile(r"\* history cleared by \S+")
+_IDS_ON = "* ids on"
+# The server closes a connection idle for longer than its --idle-timeout: on purpose.
+_IDLE = re.compile(r"! idle for \S+ s")
 
 
 class Kind(enum.StrEnum):
@@ -295,8 +321,100 @@ def time_prefix(now: float | None = None) -> str:
     return f"\x1b[2m{time.strftime('%H:%M', time.localtime(now))}{_RESET} "
 
 
+def split_id(line: str) -> tuple[int | None, float | None, str]:
+    """``(id, when, text)`` for a line that may start with ``#ID@TIME `` (a stored line,
+    once ids are on): ``when`` in seconds since the epoch. ``(None, None, line)`` else."""
+    match = _ID_PREFIX.match(line)
+    if match is None:
+        return None, None, line
+    try:
+        when: float | None = calendar.timegm(time.strptime(match.group(2), "%Y-%m-%dT%H:%M:%SZ"))
+    except ValueError:
+        when = None
+    return int(match.group(1)), when, line[match.end() :]
+
+
+@dataclass
+class RoomMark:
+    """Where we stand in one room's history: its epoch, the largest id we showed in it,
+    and its last id when we entered (older lines are history, not missed lines)."""
+
+    epoch: str
+    shown: int = 0
+    floor: int = 0
+    stale: bool = False  # cleared while we watched: the server has another epoch now
+
+
+class Marks:
+    """What the client showed of each room's history, from the ``= room`` lines and the
+    ids of stored lines; enough to ask for exactly the lines missed (``/resume``) and to
+    drop a stored line shown already (same room, same epoch, id not above the last shown).
+
+    Lines framed by ``* history of ROOM (N lines):`` ... ``* end of history`` (``/history``)
+    are always shown and change nothing: the user asked to see them again.
+    """
+
+    def __init__(self) -> None:
+        self.rooms: dict[str, RoomMark] = {}
+        self.room: str | None = None  # the server's spelling of the room we are in
+        self._entering: tuple[str, int] | None = None  # (key, last id) until our join
+        self._framed = False
+
+    def enter(self, room: str, epoch: str, last: int) -> None:
+        """A ``= room ROOM epoch EPOCH last ID`` line: the replay of ROOM follows."""
+        key = name_key(room)
+        mark = self.rooms.get(key)
+        if mark is None or mark.epoch != epoch or mark.stale:
+            self.rooms[key] = RoomMark(epoch)
+        self.room = room
+        self._entering = (key, last)
+
+    def joined(self) -> None:
+        """Our own join notice: the replay is over, what follows is live."""
+        if self._entering is not None:
+            key, last = self._entering
+            mark = self.rooms[key]
+            mark.floor = max(mark.floor, last)
+            self._entering = None
+
+    def accept(self, ident: int | None, line: str) -> bool:
+        """Whether to show ``line`` (its ``#ID@TIME`` prefix removed; ``ident`` None for a
+        line that is not stored); notes what was shown."""
+        if ident is None:
+            if self._framed:
+                self._framed = line != _HISTORY_END
+            elif _HISTORY_START.fullmatch(line):
+                self._framed = True
+            return True
+        if self._framed or self.room is None:
+            return True
+        mark = self.rooms.get(name_key(self.room))
+        if mark is None:
+            return True
+        if not mark.stale and ident <= mark.shown:
+            return False  # shown already: a replay overlapping what we saw
+        mark.shown = max(mark.shown, ident)
+        if self._entering is None and _CLEARED.fullmatch(line):
+            mark.stale = True  # a live clear starts an epoch we are not told
+        return True
+
+    def resume_target(self) -> tuple[str, str, int] | None:
+        """``(room, epoch, last id)`` for ``/resume``, or None before any ``= room`` line."""
+        if self.room is None:
+            return None
+        mark = self.rooms.get(name_key(self.room))
+        if mark is None:
+            return None
+        return self.room, mark.epoch, max(mark.shown, mark.floor)
+
+
 class ConnectionGone(Exception):
     """The server closed the connection while the main thread was waiting on the user."""
+
+
+class NeedsUser(Exception):
+    """A reconnect needs an answer only the user can give (a name taken meanwhile, a
+    password refused): the chat prompt stops (keeping what was typed) for the login."""
 
 
 class GiveUp(Exception):
@@ -350,11 +468,19 @@ class Ui(Protocol):
         Raises :class:`ConnectionGone` once :meth:`interrupt` has been called.
         """
 
-    def show(self, text: str) -> None:
-        """Display one line; called from the reader thread."""
+    def show(self, text: str, when: float | None = None) -> None:
+        """Display one server line (``when`` it was said, if the server told; else now);
+        called from the reader thread."""
+
+    def note(self, text: str) -> None:
+        """Display one line from the client itself (reconnecting ...); any thread."""
 
     def interrupt(self) -> None:
         """Wake a pending :meth:`ask` because the connection is gone (any thread)."""
+
+    def pause(self) -> None:
+        """Make the pending (or next) chat :meth:`ask` raise :class:`NeedsUser`, keeping
+        what the user typed for the chat prompt after it (any thread)."""
 
 
 # Reader -> main thread events during registration: a server prompt line, or these.
@@ -362,13 +488,37 @@ _JOINED_EVENT = "joined"
 _CLOSED_EVENT = "closed"
 
 
+@dataclass
+class Reconnect:
+    """How to reconnect after an unexpected drop (``--no-reconnect`` means none at all):
+    ``connect`` makes a new socket (raising :class:`ConnectError`), tried after each of
+    ``delays`` (the last one repeats) until ``timeout`` seconds after the drop (0: never
+    give up). After a ``* server shutting down`` notice only with ``after_shutdown``."""
+
+    connect: Callable[[], socket.socket]
+    after_shutdown: bool = False
+    timeout: float = RECONNECT_TIMEOUT
+    delays: tuple[float, ...] = RECONNECT_DELAYS
+
+
 class Session:
-    """One connection: the I/O thread, what it learnt, and the exit code it implies.
+    """The chat session: the I/O thread, what it learnt, and the exit code it implies.
 
     One thread owns the socket for reading *and* writing: an ``ssl.SSLSocket`` must not be
     read and written from two threads at once. Lines to send are queued and the thread is
     woken through a socketpair; the socket is non-blocking, so a TLS record that is only
     half arrived never holds a send back.
+
+    Ids: the I/O thread sends ``/ids`` at each connection's first name prompt, so every
+    stored line comes with its id and time (``#ID@TIME``, removed before it is shown) and
+    :class:`Marks` knows what was shown in each room. Reconnecting (``reconnect`` given):
+    when the connection drops after we joined, without a kick or a shutdown notice, the
+    same thread waits (``Reconnect.delays``), connects again, sends ``/ids`` and
+    ``/resume ROOM EPOCH LAST``, and answers the login prompts itself with the name and
+    the passwords kept in memory; the chat prompt stays up meanwhile, and lines typed
+    then are held and sent once we are back. Only when a kept answer is refused (or
+    missing) is the user needed: the prompt line goes to the main thread, which is
+    interrupted with :class:`NeedsUser` (see :func:`_drive`).
     """
 
     def __init__(
@@ -378,34 +528,74 @@ class Session:
         colour: bool,
         echo_prompts: bool,
         roster: Roster | None = None,
+        reconnect: Reconnect | None = None,
     ) -> None:
         self._sock = sock
         self._ui = ui
         self._colour = colour
         self._echo_prompts = echo_prompts  # a pipe shows ``? name:``; a terminal asks itself
+        self._hold_quit = echo_prompts  # a pipe's quit waits for its held lines
         self._roster = roster if roster is not None else Roster()
+        self._reconnect = reconnect
         self._events: queue.Queue[str] = queue.Queue()
         self._closed = threading.Event()
+        self._give_up = threading.Event()  # stop reconnecting: the user left, or finish()
         self._out = bytearray()
         self._out_lock = threading.Lock()
+        self._held: list[str] = []  # typed while disconnected, sent after the resume
+        self._quit_held = False
         self._stop = False
         self._wake_r, self._wake_w = socket.socketpair()
         self._reader = threading.Thread(target=self._io_loop, name="io", daemon=True)
+        self.marks = Marks()
+        #: Passwords that were answered, kept in memory (never on disk) for reconnects.
+        self.kept = Secrets()
         self.name: str | None = None  # the name we asked for, then the one we hold
-        self.registered = False
+        self.registered = False  # joined on this connection
+        self.ever_joined = False
         self.user_quit = False
         self.kicked = False
         self.last_line: str | None = None  # a shutdown notice here means the server stopped
+        self._last_stored = False  # the last line was a stored one (never a server notice)
         self.last_error: str | None = None  # the last ``! `` line, to explain a refusal
         self.gave_up = False  # registration stopped by us (GiveUp), already explained
+        self.reconnect_failed = False  # gave up reconnecting: exit 1
+        self.handover: str | None = None  # what we answered last before needing the user
+        # Per connection:
+        self._preamble_sent = False
+        self._reconnected = False  # this connection is a reconnect
+        self._by_main = True  # the main thread answers prompts (else this thread does)
+        self._handing_over = False  # a reconnect's login is the main thread's until joined
+        self._auto_used: set[str] = set()
+        self._auto_last: str | None = None
+        self._gap = False
+        self._outage: tuple[float, int, str] | None = None  # start, attempts, last failure
 
     def start(self) -> None:
         """Start the I/O thread; lines are shown from now on."""
         self._reader.start()
 
+    # --- the I/O thread ----------------------------------------------------------------
+
     def _io_loop(self) -> None:
-        """I/O thread body: send what is queued, show every line received, note what
-        matters, wake the main thread when the connection ends."""
+        """I/O thread body: serve the connection; reconnect when it drops unexpectedly;
+        wake the main thread when it is over."""
+        try:
+            while True:
+                if self._pump() or not self._should_reconnect():
+                    break
+                sock = self._connect_again()
+                if sock is None:
+                    break
+                self._sock = sock
+        finally:  # whatever happened, the main thread must learn that reading is over
+            self._closed.set()
+            self._events.put(_CLOSED_EVENT)
+            self._ui.interrupt()
+
+    def _pump(self) -> bool:
+        """Send what is queued, show every line received, note what matters; until the
+        connection ends (False) or finish() asks us to stop (True)."""
         splitter = LineSplitter()
         sock = self._sock
         try:
@@ -431,16 +621,87 @@ class Session:
                     for line in splitter.feed(data or b""):
                         self._on_line(line)
             else:
-                return  # finish() asked us to stop: the socket is closed there
+                return True  # finish() asked us to stop: the socket is closed there
             tail = splitter.rest()
             if tail:
                 self._on_line(tail)
         except (OSError, ValueError):
             pass  # reset or closed under us: the same as an orderly close for the user
-        finally:  # whatever happened, the main thread must learn that reading is over
-            self._closed.set()
-            self._events.put(_CLOSED_EVENT)
-            self._ui.interrupt()
+        return self._stop
+
+    def _should_reconnect(self) -> bool:
+        policy = self._reconnect
+        if policy is None or self._stop or self._give_up.is_set() or not self.ever_joined:
+            return False
+        if self.user_quit or self.kicked or self.gave_up:
+            return False
+        if self.last_line is not None and not self._last_stored and _IDLE.fullmatch(
+                self.last_line):
+            return False  # closed for idling: coming back at once would defeat the point
+        return policy.after_shutdown or not self._shutdown_seen()
+
+    def _shutdown_seen(self) -> bool:
+        # The shutdown notice is the server's last word, so only the last line counts: a
+        # user named ``server`` can say ``/me shutting down: ...`` (and the history keeps
+        # it for every newcomer), but can't close our connection right after it. With ids
+        # on, a stored line is never the server's notice.
+        return (self.last_line is not None and not self._last_stored
+                and shutdown_reason(self.last_line) is not None)
+
+    def _connect_again(self) -> socket.socket | None:
+        """Wait, connect, repeat (see :class:`Reconnect`); the new socket, or None when
+        the user left or we gave up (``reconnect_failed``)."""
+        policy = self._reconnect
+        assert policy is not None
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+        with self._out_lock:  # chat lines that never left: sent after the resume
+            if self.registered:
+                self._held[:0] = self._out.decode("utf-8", errors="replace").split("\n")[:-1]
+            self._out.clear()  # (login answers are for that connection only)
+            self.registered = False
+        start, attempts, why = self._outage or (time.monotonic(), 0, "")
+        while True:
+            delay = policy.delays[min(attempts, len(policy.delays) - 1)]
+            if policy.timeout:
+                left = policy.timeout - (time.monotonic() - start)
+                if left <= 0:
+                    self.reconnect_failed = True
+                    self._note(f"! could not reconnect within {policy.timeout:g} s; "
+                               "giving up")
+                    return None
+                delay = min(delay, left)
+            secs = f"{max(delay, 0.1):.1f}".rstrip("0").rstrip(".")  # 1, 2 ... 0.5
+            if attempts == 0:
+                self._note(f"* connection lost; reconnecting in {secs} s...")
+            else:
+                self._note(f"* still not connected ({why}); retrying in {secs} s...")
+            if self._give_up.wait(delay):
+                return None
+            attempts += 1
+            self._outage = (start, attempts, why)
+            try:
+                sock = policy.connect()
+            except ConnectError as exc:
+                why = str(exc)
+                continue
+            except Exception as exc:  # noqa: BLE001 - keep trying, say why
+                why = f"{type(exc).__name__}: {exc}"
+                continue
+            self._outage = (start, attempts, "closed during login")
+            if self._stop or self._give_up.is_set():
+                sock.close()
+                return None
+            self._preamble_sent = False
+            self._reconnected = True
+            self._by_main = self._handing_over  # the user goes on answering, if asked
+            self._auto_used = set()
+            self._auto_last = None
+            self._gap = False
+            self.last_error = None
+            return sock
 
     def _read_some(self) -> bytes | None:
         """What the socket has; ``b""`` at end of stream, None when nothing is ready yet
@@ -465,22 +726,107 @@ class Session:
         with self._out_lock:
             del self._out[:sent]
 
-    def _on_line(self, line: str) -> None:
-        """Track registration, renames and kicks; show the line."""
+    def _on_line(self, raw: str) -> None:
+        """Track registration, ids, renames and kicks; show the line (or not)."""
+        ident, when, line = split_id(raw)
+        if ident is None and line.startswith("= "):
+            self._on_mark(line)
+            return
+        if ident is None and line == _IDS_ON and not self.registered:
+            return  # our own request, answered
         self.last_line = line
+        self._last_stored = ident is not None
         kind = classify(line)
         if kind is Kind.ERROR:
             self.last_error = line
-        if kind is Kind.PROMPT and not self.registered:
+            if not self.registered and self._reconnected and (
+                    "recovered" in line or "cleared or lost" in line):
+                self._gap = True
+        if kind is Kind.PROMPT and not self.registered and ident is None:
+            self._on_prompt(line)
+            return
+        if not self.marks.accept(ident, line):
+            return  # shown already
+        if ident is None:
+            self._track(line)
+        self._ui.show(render(line, self.name, self._colour), when)
+        if ident is None and same_name(joined_name(line), self.name):
+            self.marks.joined()
+            if not self.registered:
+                self._on_joined()
+
+    def _on_mark(self, line: str) -> None:
+        """``= ...`` lines are for us, never shown."""
+        if (room := _ROOM_MARK.fullmatch(line)) is not None:
+            self.marks.enter(room.group(1), room.group(2), int(room.group(3)))
+        elif (resumed := _RESUMED_MARK.fullmatch(line)) is not None and self._reconnected:
+            count = int(resumed.group(2))
+            self._note(f"* reconnected ({count} missed line{'' if count == 1 else 's'})")
+
+    def _on_prompt(self, line: str) -> None:
+        """A login prompt: ids (and the resume) first; then answered here while
+        reconnecting, else by the main thread."""
+        label = prompt_label(line)
+        if label.startswith("name") and not self._preamble_sent:
+            self._preamble_sent = True
+            self.send("/ids")
+            target = self.marks.resume_target() if self._reconnected else None
+            if target is not None:
+                self.send("/resume {} {} {}".format(*target))
+        if not self._by_main:
+            kind, answer = self._auto_answer(line)
+            if answer is not None:
+                self._auto_used.add(kind)
+                self._auto_last = kind
+                self.send(answer)
+                return
+            self._by_main = self._handing_over = True  # the user must answer: hand over
+            self.handover = self._auto_last
             self._events.put(line)
             if self._echo_prompts:
                 self._ui.show(render(line, self.name, self._colour))
+            self._ui.pause()
             return
-        self._track(line)
-        self._ui.show(render(line, self.name, self._colour))
-        if not self.registered and same_name(joined_name(line), self.name):
+        self._events.put(line)
+        if self._echo_prompts:
+            self._ui.show(render(line, self.name, self._colour))
+
+    def _auto_answer(self, line: str) -> tuple[str, str | None]:
+        """``(kind, answer)`` for a login prompt while reconnecting: what we answered
+        before, once per connection; None when the user must answer."""
+        label = prompt_label(line)
+        if label.startswith("server password"):
+            kind, value = "server", self.kept.server
+        elif is_secret(line):
+            kind, value = "admin", self.kept.admin
+        elif label.startswith("name"):
+            kind, value = "name", self.name
+        else:
+            return "other", None
+        return kind, (None if kind in self._auto_used else value)
+
+    def _on_joined(self) -> None:
+        """Our join notice on a new connection: send what was held, tell the main thread
+        (if it is the one logging in)."""
+        with self._out_lock:
             self.registered = True
+            held, self._held = self._held, []
+            for line in held:
+                if is_quit(line):
+                    self.user_quit = True
+                self._out += line.encode("utf-8") + b"\n"
+        self._wake()
+        self.ever_joined = True
+        self._outage = None
+        if self._reconnected and (self._gap or self.marks.resume_target() is None):
+            self._note("* reconnected")
+        if self._by_main:
             self._events.put(_JOINED_EVENT)
+        self._by_main = True
+        self._handing_over = False
+
+    def _note(self, text: str) -> None:
+        self._ui.note(render(text, self.name, self._colour))
 
     def _track(self, line: str) -> None:
         """Update our view of the session from a notice that concerns us."""
@@ -492,6 +838,8 @@ class Session:
             self.name = change[1]
         elif same_name(kicked_name(line), self.name) and self.registered:
             self.kicked = True
+
+    # --- the main thread ---------------------------------------------------------------
 
     def next_event(self, timeout: float | None = None) -> str | None:
         """Block for the next registration event (None after ``timeout`` seconds without
@@ -516,28 +864,73 @@ class Session:
         except OSError:
             pass  # already woken (buffer full) or finished
 
+    def _away(self) -> bool:
+        """Disconnected (or logging in again) after we had joined: chat lines are held."""
+        return self.ever_joined and not self.registered
+
     def submit(self, line: str) -> None:
         """Send a line typed at the chat prompt (``ask`` calls this as soon as it is
         accepted). A quit command is sent too and marks the session as left by the user;
-        an empty line is not sent."""
+        an empty line is not sent. While reconnecting, lines are held (at most HELD_MAX)
+        and sent after the resume; a quit on a terminal leaves at once."""
+        with self._out_lock:
+            if self._away():
+                if line:
+                    self._hold(line)
+                return
         if is_quit(line):
             self.user_quit = True
         if line:
             self.send(line)
 
-    def quit(self, line: str = "/quit") -> None:
-        """Leave on the user's request: send ``line`` and give the server time to say bye."""
+    def _hold(self, line: str) -> None:
+        """(``_out_lock`` held.) Keep a line for after the resume, or leave on a quit."""
+        if is_quit(line) and not self._hold_quit:
+            self._leave_now()
+            return
+        if len(self._held) >= HELD_MAX:
+            self._note(f"! not connected: line dropped ({HELD_MAX} lines wait already)")
+            return
+        if is_quit(line):
+            self._quit_held = True
+        if not self._held:
+            self._note("* not connected: what you send now goes out once reconnected")
+        self._held.append(line)
+
+    def _leave_now(self) -> None:
+        """The user leaves while we are away: stop reconnecting (or logging in) at once."""
         self.user_quit = True
-        self.send(line)
+        self._stop = True
+        self._give_up.set()
+        self._wake()
+
+    def quit(self, line: str = "/quit") -> None:
+        """Leave on the user's request: send ``line`` and give the server time to say bye.
+        While reconnecting: leave at once, unless lines wait to be sent (pipe)."""
+        with self._out_lock:
+            if self._away():
+                if self._hold_quit and self._held:
+                    self._hold(line)
+                else:
+                    self._leave_now()
+            else:
+                self.user_quit = True
+                self._out += line.encode("utf-8") + b"\n"
+        self._wake()
         self.wait_closed()
 
     def wait_closed(self) -> None:
-        """Give the server time to say goodbye and close (after a quit was sent)."""
-        self._closed.wait(QUIT_WAIT)
+        """Give the server time to say goodbye and close (after a quit was sent). A quit
+        held for after the resume waits as long as reconnecting may take."""
+        if self._quit_held:
+            self._closed.wait()
+        else:
+            self._closed.wait(QUIT_WAIT)
 
     def finish(self) -> int:
         """Stop the I/O thread (it shows what it already holds), close; the exit code."""
         self._stop = True
+        self._give_up.set()
         self._wake()
         if self._reader.is_alive():
             self._reader.join(READER_JOIN)
@@ -546,13 +939,12 @@ class Session:
         return self.exit_code()
 
     def exit_code(self) -> int:
-        """0 if the user left; otherwise why the server ended the session."""
+        """0 if the user left; otherwise why the session ended."""
         if self.user_quit:
             return EXIT_OK
-        # The shutdown notice is the server's last word, so only the last line counts: a
-        # user named ``server`` can say ``/me shutting down: ...`` (and the history keeps it
-        # for every newcomer), but can't close our connection right after it.
-        if self.last_line is not None and shutdown_reason(self.last_line) is not None:
+        if self.reconnect_failed:
+            return EXIT_LOST
+        if self._shutdown_seen():
             return EXIT_SHUTDOWN
         if self.kicked:
             return EXIT_KICKED
@@ -588,6 +980,8 @@ def _register(
     interactive: bool = True,
     secrets: Secrets | None = None,
     silence: Callable[[], None] | None = None,
+    last: str | None = None,
+    reconnecting: bool = False,
 ) -> bool:
     """Answer the server's prompts until it says we joined; False if the user gave up.
 
@@ -595,12 +989,13 @@ def _register(
     come from ``secrets``, the name from ``preset`` (or, without one, the first stdin line,
     once). A refused name or password raises :class:`GiveUp` instead of asking again.
     ``silence``, if given, runs once when the server says nothing for FIRST_LINE_WAIT
-    seconds after the connect (it may raise GiveUp).
+    seconds after the connect (it may raise GiveUp). ``last`` is what was answered last
+    before this call ("name", "server" or "admin"; a reconnect hands over after its own
+    answers). Passwords answered are kept in ``session.kept`` (memory only) for reconnects.
     """
     secrets = secrets if secrets is not None else Secrets()
     server_pw, admin_pw = secrets.server, secrets.admin
-    asked_stdin_for_name = False
-    last: str | None = None  # what we answered last: "name", "server" or "admin"
+    asked_stdin_for_name = reconnecting  # a reconnect never reads a name from stdin
     timeout = FIRST_LINE_WAIT if silence is not None else None
     while True:
         event = session.next_event(timeout)
@@ -625,6 +1020,7 @@ def _register(
             else:
                 raise GiveUp(EXIT_PASSWORD, "the server needs a password: give it with "
                              f"--password-file FILE or {SERVER_PASSWORD_ENV}")
+            session.kept.server = answer
             last = "server"
         elif is_secret(event):
             if admin_pw is not None:
@@ -634,6 +1030,7 @@ def _register(
             else:
                 raise GiveUp(EXIT_PASSWORD, f"{session.name} is an admin account: give its "
                              f"password with --admin-password-file FILE or {ADMIN_PASSWORD_ENV}")
+            session.kept.admin = answer
             last = "admin"
         elif label.startswith("name"):
             if not interactive and last == "admin":
@@ -689,9 +1086,15 @@ def _drive(
     try:
         registered = _register(session, ui, preset, interactive=interactive,
                                 secrets=secrets, silence=silence)
-        if registered:
-            _chat(session, ui)
-        else:
+        while registered:
+            try:
+                _chat(session, ui)
+                break
+            except NeedsUser:  # a reconnect's login needs the user (or, off a terminal, ends)
+                last = session.handover
+                registered = _register(session, ui, None if last == "name" else session.name,
+                                       interactive=interactive, last=last, reconnecting=True)
+        if not registered:
             session.user_quit = True
     except KeyboardInterrupt:
         if session.registered:
@@ -721,6 +1124,7 @@ class PipeUi:
         self._lines: list[str] = []
         self._eof = False
         self._gone = False
+        self._paused = False
         self._wake_r, self._wake_w = os.pipe()
         self._out_lock = threading.Lock()
 
@@ -731,7 +1135,13 @@ class PipeUi:
         submit: Callable[[str], None] | None = None,
     ) -> str | None:
         """The next stdin line (the label is not shown: the server's prompt line was)."""
+        if self._paused and submit is not None:
+            self._paused = False
+            raise NeedsUser
         while not self._lines:
+            if self._paused and submit is not None:
+                self._paused = False
+                raise NeedsUser
             if self._gone:
                 raise ConnectionGone
             if self._eof:
@@ -745,6 +1155,8 @@ class PipeUi:
     def _fill(self) -> None:
         """Wait for stdin or the wake-up pipe; read what stdin has."""
         ready, _, _ = select.select([0, self._wake_r], [], [])
+        if self._wake_r in ready and not self._gone:
+            os.read(self._wake_r, 64)  # a pause: checked by ``ask``
         if 0 not in ready:
             return
         data = os.read(0, RECV_SIZE)
@@ -756,8 +1168,9 @@ class PipeUi:
         if tail is not None:
             self._lines.append(tail)
 
-    def show(self, text: str) -> None:
-        """Write and flush one line, so a consumer sees it at once."""
+    def show(self, text: str, when: float | None = None) -> None:
+        """Write and flush one line, so a consumer sees it at once (no time: pipe output
+        stays the server's lines, easy to parse)."""
         data = (text + "\n").encode("utf-8", errors="replace")  # the wire's encoding, always
         with self._out_lock:
             try:
@@ -766,9 +1179,24 @@ class PipeUi:
             except (OSError, ValueError):
                 pass  # nobody is reading our output any more; keep the session going
 
+    def note(self, text: str) -> None:
+        """The client's own lines go to stderr: stdout stays what the server said."""
+        try:
+            print(text, file=sys.stderr, flush=True)
+        except (OSError, ValueError):
+            pass
+
     def interrupt(self) -> None:
         """Wake a pending :meth:`ask` through the wake-up pipe."""
         self._gone = True
+        self._poke()
+
+    def pause(self) -> None:
+        """Make the pending (or next) chat :meth:`ask` raise NeedsUser."""
+        self._paused = True
+        self._poke()
+
+    def _poke(self) -> None:
         try:
             os.write(self._wake_w, b"x")
         except OSError:
@@ -820,6 +1248,9 @@ class TtyUi:
             self._output.enable_cpr = False
         self._lock = threading.Lock()
         self._gone = False
+        self._paused = False  # a reconnect needs the user: the chat prompt gives way
+        self._chat_active = False
+        self._draft: Document | str | None = None  # what was typed when it gave way
         self._pending: list[str] = []
         self._app: Application[str] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -855,13 +1286,20 @@ class TtyUi:
         render and the event loop's teardown, which take a few ms per line. (An echo that
         comes back meanwhile waits in ``_pending``: the prompt is done, see ``_drain``.)
         """
+        session = self._chat_session
+        chat = session is not None and callable(label)
         with self._lock:
             if self._gone:
                 raise ConnectionGone
-        session = self._chat_session
-        chat = session is not None and callable(label)
+            if chat and self._paused:
+                self._paused = False
+                raise NeedsUser
+            self._chat_active = chat
         if session is None or not chat:
             session = PromptSession(output=self._output)
+        default: Document | str = ""
+        if chat and self._draft is not None:
+            default, self._draft = self._draft, None
         submitted: list[str] = []
 
         def on_accept(text: str) -> None:
@@ -871,12 +1309,20 @@ class TtyUi:
 
         try:
             with _on_accept(session.default_buffer, on_accept):
-                line = session.prompt(label, is_password=secret, pre_run=self._arm)
+                line = session.prompt(label, is_password=secret, pre_run=self._arm,
+                                      default=default)
         except (EOFError, KeyboardInterrupt):
             return None
+        except NeedsUser:
+            with self._lock:
+                self._paused = False
+                if self._draft is None:
+                    self._draft = default
+            raise
         finally:
             with self._lock:
                 self._app = self._loop = None
+                self._chat_active = False
                 self._write(self._take_pending())
         if submit is not None and not submitted:
             submit(line)  # accepted some other way: the line must still be sent, once
@@ -891,11 +1337,14 @@ class TtyUi:
             self._loop = asyncio.get_running_loop()
             if self._gone:
                 self._app.exit(exception=ConnectionGone())
+            elif self._chat_active and self._paused:
+                self._app.exit(exception=NeedsUser())
 
-    def show(self, text: str) -> None:
-        """Display one line (reader thread): at once, or via the running prompt's loop."""
+    def show(self, text: str, when: float | None = None) -> None:
+        """Display one line (reader thread): at once, or via the running prompt's loop.
+        The time shown is ``when`` (a stored line's, from the server) or now, local."""
         if self._show_time:
-            text = time_prefix() + text
+            text = time_prefix(when) + text
         with self._lock:
             if self._loop is None:
                 self._write([text])
@@ -935,12 +1384,30 @@ class TtyUi:
         except RuntimeError:
             pass  # loop closed: the prompt has returned and ``ask`` flushes the queue
 
+    def note(self, text: str) -> None:
+        """A line from the client itself: shown like a server line, with the time."""
+        self.show(text)
+
     def interrupt(self) -> None:
         """End a running prompt with ConnectionGone; later prompts raise it at once."""
         with self._lock:
             self._gone = True
             if self._loop is not None:
                 self._call_in_loop(_exit_app, self._app)
+
+    def pause(self) -> None:
+        """End the running chat prompt with NeedsUser, keeping its text for the next one
+        (or make the next chat prompt raise it at once)."""
+        with self._lock:
+            self._paused = True
+            if self._loop is not None and self._chat_active:
+                self._call_in_loop(self._pause_app, self._app)
+
+    def _pause_app(self, app: Application[str]) -> None:
+        """In the prompt's loop: keep what was typed, end the prompt with NeedsUser."""
+        if app.future is not None and not app.future.done():
+            self._draft = app.current_buffer.document
+            app.exit(exception=NeedsUser())
 
 
 @contextmanager
@@ -1074,6 +1541,9 @@ def run(
     tls: TlsOptions | None = None,
     show_time: bool = True,
     secrets: Secrets | None = None,
+    reconnect: bool = True,
+    reconnect_after_shutdown: bool = False,
+    reconnect_timeout: float = RECONNECT_TIMEOUT,
 ) -> int:
     """Connect to a geventchat server and chat until someone leaves; return the exit code.
 
@@ -1081,6 +1551,9 @@ def run(
     pipe, the first stdin line is the name). Interactive only when stdin and stdout are
     both terminals, so ``printf 'alice\\nhi\\n' | geventchat connect`` works as a filter.
     Off a terminal, stdin lines are never used as passwords (see ``_register``).
+    An unexpected drop after we joined is followed by reconnects (see :class:`Session`)
+    unless ``reconnect`` is off; ``reconnect_timeout`` seconds (0: never) after a drop we
+    give up (exit 1).
     """
     if tls is not None and tls.insecure:
         print(INSECURE_WARNING, file=sys.stderr, flush=True)
@@ -1098,11 +1571,18 @@ def run(
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     roster = Roster()
     ui: TtyUi | PipeUi = TtyUi(show_time, roster) if interactive else PipeUi()
+    policy = None
+    if reconnect:
+        policy = Reconnect(connect=lambda: connect(host, port, tls),
+                           after_shutdown=reconnect_after_shutdown, timeout=reconnect_timeout)
     session = Session(sock, ui, colour_enabled(sys.stdout), echo_prompts=not interactive,
-                      roster=roster)
+                      roster=roster, reconnect=policy)
     with ui.active():
         code = _drive(session, ui, name, interactive=interactive, secrets=secrets,
                       silence=silence if tls is None else None)
-    if not session.gave_up and code in (EXIT_LOST, EXIT_KICKED):
+    if session.reconnect_failed and code == EXIT_LOST:
+        print(f"geventchat: could not reconnect within {reconnect_timeout:g} s",
+              file=sys.stderr, flush=True)
+    elif not session.gave_up and code in (EXIT_LOST, EXIT_KICKED):
         print("connection closed by server", file=sys.stderr, flush=True)
     return code

@@ -327,19 +327,29 @@ class ScriptedUi:
             submit(line)
         return line
 
-    def show(self, text: str) -> None:
+    def show(self, text: str, when: float | None = None) -> None:
+        self.shown.append(text)
+
+    def note(self, text: str) -> None:
         self.shown.append(text)
 
     def interrupt(self) -> None:
         pass
 
+    def pause(self) -> None:
+        pass
+
 
 def _fake_server(sock: socket.socket, received: list[str]) -> None:
-    """The server side: ask a name, say it joined, say goodbye and close on a quit."""
+    """The server side: ask a name, say it joined, say goodbye and close on a quit.
+    (The client asks for ids before its name: answered, not recorded.)"""
     sock.sendall(b"? name:\n")
     splitter = LineSplitter()
     while data := sock.recv(4096):
         for line in splitter.feed(data):
+            if line == "/ids" and not received:
+                sock.sendall(b"* ids on\n")
+                continue
             received.append(line)
             if len(received) == 1:
                 sock.sendall(f"* {line} joined\n".encode())
@@ -403,8 +413,9 @@ SAMPLES = 10
 class Observer:
     """A stand-in server on a plain socket that timestamps every line it receives.
 
-    It speaks just enough of the protocol: ``? name:``, then ``* NAME joined`` for the
-    first line; every later line goes to ``received`` as ``(time.monotonic(), line)``.
+    It speaks just enough of the protocol: ``? name:``, ``* ids on`` for ``/ids``, then
+    ``* NAME joined`` for the first other line; every later line goes to ``received`` as
+    ``(time.monotonic(), line)``.
     It never answers chat lines, so no reply can carry an ACK back to the client early.
     """
 
@@ -436,7 +447,9 @@ class Observer:
                 *lines, pending = (pending + data).split(b"\n")
                 for raw in lines:
                     line = raw.rstrip(b"\r").decode("utf-8", errors="replace")
-                    if self.name is None:
+                    if self.name is None and line == "/ids":
+                        conn.sendall(b"* ids on\n")  # the client's request before its name
+                    elif self.name is None:
                         self.name = line
                         conn.sendall(f"* {line} joined\n".encode())
                     else:

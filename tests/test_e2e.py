@@ -197,7 +197,7 @@ def test_lost_connection_is_reported_and_exits_nonzero(
     server: ServerFactory, client: Client, uid: Uid
 ) -> None:
     srv = server()
-    alice = enter(client, uid("alice"))
+    alice = enter(client, uid("alice"), args=["--no-reconnect"])  # else it reconnects
     srv.stop(signal.SIGKILL)  # no shutdown notice: the connection just goes away
     alice.expect("connection closed by server")
     assert alice.expect_exit() == EXIT_LOST
