@@ -986,7 +986,7 @@ def _register(
     """Answer the server's prompts until it says we joined; False if the user gave up.
 
     Off a terminal (``interactive`` False) stdin lines are chat, never answers: passwords
-    come from ``secrets``, the name from ``preset`` (or, without one, the first stdin line,
+    come from ``secrets``, the name from ``preset`` (a pipe must give one; on a terminal, asked,
     once). A refused name or password raises :class:`GiveUp` instead of asking again.
     ``silence``, if given, runs once when the server says nothing for FIRST_LINE_WAIT
     seconds after the connect (it may raise GiveUp). ``last`` is what was answered last
@@ -1548,8 +1548,8 @@ def run(
     """Connect to a geventchat server and chat until someone leaves; return the exit code.
 
     ``name`` answers the server's first name prompt; without it the user is asked (on a
-    pipe, the first stdin line is the name). Interactive only when stdin and stdout are
-    both terminals, so ``printf 'alice\\nhi\\n' | geventchat connect`` works as a filter.
+    pipe, ``--name`` is required). Interactive only when stdin and stdout are
+    both terminals, so ``printf 'hi\\n' | geventchat connect --name alice`` works as a filter.
     Off a terminal, stdin lines are never used as passwords (see ``_register``).
     An unexpected drop after we joined is followed by reconnects (see :class:`Session`)
     unless ``reconnect`` is off; ``reconnect_timeout`` seconds (0: never) after a drop we
@@ -1557,6 +1557,11 @@ def run(
     """
     if tls is not None and tls.insecure:
         print(INSECURE_WARNING, file=sys.stderr, flush=True)
+    if name is None and not sys.stdin.isatty():
+        # Piped lines are only ever chat: a name from stdin could be someone's first line.
+        print("geventchat: with stdin not a terminal, give your name with --name "
+              "(piped lines are only ever sent as chat)", file=sys.stderr, flush=True)
+        return EXIT_NAME
     try:
         sock = connect(host, port, tls)
     except ConnectError as exc:

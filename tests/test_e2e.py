@@ -354,7 +354,7 @@ def test_pipe_mode_without_a_terminal(
 ) -> None:
     server()
     name, token = uid("piper"), uid("tok")
-    done = pipe_client(input=f"{name}\nhello {token}\n")
+    done = pipe_client(name, input=f"hello {token}\n")
     assert done.returncode == EXIT_OK, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == "? name:"
@@ -363,7 +363,8 @@ def test_pipe_mode_without_a_terminal(
     assert lines[-1] == "* goodbye"
     assert "\x1b" not in done.stdout  # not a terminal: no colour, no prompt drawing
 
-    # --name answers the prompt, so the first stdin line is already chat.
+    # --name answers the prompt, so the first stdin line is already chat (and without
+    # --name a piped client refuses to start: no stdin line is ever taken for a name).
     other, token2 = uid("piper"), uid("tok")
     done = pipe_client(other, input=f"{token2}\n")
     assert done.returncode == EXIT_OK, done.stderr
@@ -407,12 +408,10 @@ def test_pipe_mode_streams_each_line_at_once(
     # flushes each one. Without that, the waits below time out.
     server()
     name, token = uid("stream"), uid("tok")
-    proc = pipe_process()
+    proc = pipe_process(name)
     assert proc.stdin is not None
     out = LineReader(proc.stdout)
     out.expect("? name:")
-    proc.stdin.write(f"{name}\n")
-    proc.stdin.flush()
     out.expect(f"* {name} joined")
     proc.stdin.write(f"{token}\n")
     proc.stdin.flush()
