@@ -11,7 +11,9 @@ SIGINT or SIGTERM. :func:`build_hub` composes the embedded defaults.
 
 from __future__ import annotations
 
+import gc
 import logging
+import os
 import signal
 import socket
 import ssl
@@ -153,6 +155,8 @@ class ChatServer:
                     for sig in (signal.SIGINT, signal.SIGTERM)]
         if hasattr(signal, "SIGHUP"):
             handlers.append(gevent.signal_handler(signal.SIGHUP, self.reload))
+        if hasattr(signal, "SIGUSR1"):
+            handlers.append(gevent.signal_handler(signal.SIGUSR1, self.log_stats))
         try:
             self.start()
             self._tell_how_to_reach()
@@ -192,6 +196,31 @@ class ChatServer:
         if self.settings.motd:
             done.append("MOTD (read at each use)")
         log.info("reloaded: %s", ", ".join(done) or "nothing")
+
+    def stats(self) -> dict[str, int]:
+        """Counts for leak hunting (the soak benchmark reads them): connections, users,
+        rooms, handler greenlets, every live greenlet (found through the garbage
+        collector: a scan of all objects, tens of ms at 20,000 clients, so on request only)
+        and open descriptors (Linux)."""
+        from greenlet import greenlet
+
+        try:
+            fds = len(os.listdir("/proc/self/fd"))
+        except OSError:
+            fds = -1
+        return {
+            "connections": len(self.connections),
+            "users": len(self.hub.users),
+            "rooms": len(self.hub.rooms),
+            "handlers": len(self._pool),
+            "greenlets": sum(1 for o in gc.get_objects() if isinstance(o, greenlet)),
+            "fds": fds,
+        }
+
+    def log_stats(self) -> None:
+        """SIGUSR1: log :meth:`stats` as one ``stats:`` line (``key=value`` pairs)."""
+        counts = self.stats()
+        log.info("stats: %s", " ".join(f"{k}={v}" for k, v in counts.items()))
 
     # --- connections -------------------------------------------------------------------
 
