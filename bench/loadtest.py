@@ -36,6 +36,7 @@ from typing import Any
 from tqdm import tqdm
 
 import report
+import soak
 import target
 import workers
 
@@ -64,9 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     load.add_argument(
         "--clients",
         type=int,
-        default=100,
+        default=None,
         metavar="N",
-        help="simulated clients, all registered before anyone sends (100)",
+        help="simulated clients, all registered before anyone sends (100; --soak: 2000)",
     )
     load.add_argument(
         "--senders",
@@ -118,6 +119,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="K",
         help="non-sending clients, spread over the join order, that time every line they "
         "get (8; C engine)",
+    )
+    gen.add_argument(
+        "--eager-name",
+        action="store_true",
+        help="clients send their name right after connecting, as programs do, instead of "
+        "waiting for the name prompt (the shared port waits --sniff-timeout for it)",
+    )
+    gen.add_argument(
+        "--bystander",
+        action="store_true",
+        help="--idle: one more client, registered first, chats in the lobby during the "
+        "storm and reports its echo latency (geventchat only)",
     )
     gen.add_argument(
         "--drain",
@@ -188,12 +201,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=RESULTS_DIR,
         help="where --sweep writes sweep.md/.json/.png (bench/results)",
     )
+    soak.add_arguments(p)
     args = p.parse_args(argv)
     _check_args(p, args)
     return args
 
 
 def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.clients is None:
+        args.clients = 2000 if args.soak else 100
+    if args.soak is not None and (args.idle is not None or args.sweep or args.compare):
+        p.error("--soak is a mode of its own: drop --idle/--sweep/--compare")
     if args.rate is None and args.window is None:
         args.window = 8
     if args.window is not None and args.window < 1:
@@ -482,6 +500,7 @@ def worker_commands(
             args.size,
             sources,
             PROTOCOLS[target_name],
+            getattr(args, "eager_name", False),
         )
         for plan in plans
     ]
@@ -687,7 +706,10 @@ def main(argv: list[str] | None = None) -> int:
     """Exit 0 for a clean run, 1 for loss/duplication/failed clients, 2 for setup errors."""
     args = parse_args(argv)
     try:
-        if args.idle is not None:
+        if args.soak is not None:
+            result = soak.run_soak(args, sys.modules[__name__])
+            emit(args, result, soak.summary(result))
+        elif args.idle is not None:
             result = run_idle(args)
             emit(args, result, report.idle_summary(result))
         elif args.compare:
