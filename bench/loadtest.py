@@ -35,6 +35,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+import bystander
 import report
 import soak
 import target
@@ -607,16 +608,29 @@ def run_idle(args: argparse.Namespace) -> dict[str, Any]:
         sources = source_addresses(n, tgt.host)
         commands = worker_commands(args, engine, plans, tgt, 0, "idle", sources, args.target)
         monitor = target.Monitor(tgt.pid)
+        watcher = None
+        if args.bystander and args.target == "geventchat":
+            watcher = bystander.Bystander(tgt.host, tgt.port, f"bystander{random_id()}")
         try:
             time.sleep(0.2)
             before = monitor.rss()
+            cpu0 = monitor.cpu()
+            if watcher is not None:
+                watcher.start()
             with workers.WorkerGroup(commands) as group:
                 ready = register_all(group, n, args)
+                cpu = monitor.cpu() - cpu0
+                seen = watcher.stop() if watcher is not None else None
                 time.sleep(IDLE_SETTLE_S)
                 after = monitor.rss()
         finally:
             memory = monitor.close()
-    return idle_result(args, engine, len(plans), sources, ready, before, after, memory, warnings)
+    result = idle_result(args, engine, len(plans), sources, ready, before, after, memory,
+                         warnings)
+    result["server_cpu_s"] = round(cpu, 3)
+    result["bystander"] = seen
+    result["load_avg"] = [round(x, 2) for x in os.getloadavg()]
+    return result
 
 
 def idle_result(
