@@ -620,6 +620,7 @@ def run_idle(args: argparse.Namespace) -> dict[str, Any]:
             with workers.WorkerGroup(commands) as group:
                 ready = register_all(group, n, args)
                 cpu = monitor.cpu() - cpu0
+                gen_cpu = sum(target.Monitor.process_cpu(pid) for pid in group.pids)
                 seen = watcher.stop() if watcher is not None else None
                 time.sleep(IDLE_SETTLE_S)
                 after = monitor.rss()
@@ -628,6 +629,7 @@ def run_idle(args: argparse.Namespace) -> dict[str, Any]:
     result = idle_result(args, engine, len(plans), sources, ready, before, after, memory,
                          warnings)
     result["server_cpu_s"] = round(cpu, 3)
+    result["generator_cpu_s"] = round(gen_cpu, 3)
     result["bystander"] = seen
     result["load_avg"] = [round(x, 2) for x in os.getloadavg()]
     return result

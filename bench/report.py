@@ -342,7 +342,8 @@ def idle_summary(r: dict[str, Any]) -> str:
         f"  per client   {_fmt(per_conn, ' KB')} of server RSS",
     ]
     if r.get("server_cpu_s") is not None:
-        lines.append(f"  server CPU   {r['server_cpu_s']:.2f} s while registering; load average "
+        lines.append(f"  server CPU   {r['server_cpu_s']:.2f} s while registering (generator "
+                     f"{r.get('generator_cpu_s', 0):.2f} s); load average "
                      f"{' '.join(str(x) for x in r.get('load_avg', []))}")
     if r.get("bystander"):
         b = r["bystander"]
