@@ -575,19 +575,33 @@ def _count_lines(path: str) -> int:
         os.close(fd)
 
 
-def _compact_file(path: str, room: str, keep: int) -> tuple[int, int, int]:
+def _compact_file(path: str, room: str, keep: int,
+                  trusted: bool = False) -> tuple[int, int, int]:
     """Rewrite ``path`` with only its last ``keep`` readable records, reading only its tail.
+
+    ``trusted``: the file's last ``keep`` lines are known to be good records (this process
+    wrote or checked them), so they are copied without being decoded again: decoding is
+    most of a compaction's cost, and it holds the GIL that the server's loop needs.
 
     Returns how many were kept, the new size and a locked fd of the new file.
     """
     fd = os.open(path, os.O_RDONLY)
     try:
-        tail = _scan(fd, path, room, keep)
+        if trusted:
+            lines = []
+            for _, line in _lines_backward(fd, os.fstat(fd).st_size):
+                if len(lines) >= keep:
+                    break
+                lines.append(line)
+            lines.reverse()
+        else:
+            tail = _scan(fd, path, room, keep)
+            lines = [line for _, _, line in tail.records]
     finally:
         os.close(fd)
     # Records are written back as they were (torn ones, redone whole after, are dropped).
-    data = b"".join(line for _, _, line in tail.records)
-    return len(tail.records), len(data), _replace_locked(path, data)
+    data = b"".join(lines)
+    return len(lines), len(data), _replace_locked(path, data)
 
 
 # --- the history ----------------------------------------------------------------------------
@@ -643,6 +657,9 @@ class History:
         self._file_epoch = ""
         self._legacy_ok = False  # records without epoch belong to this life of the file
         # Compaction: the record count is None until known (counted lazily).
+        # Records at the end of the file known to be good (written by us since the last
+        # load, or kept by a compaction): a compaction within them need not decode.
+        self._trusted = 0
         self._file_records: int | None = None
         self._file_size = 0
         # Writer state. Sequence numbers order appends and clears: ``_seq`` is the last one
@@ -1117,6 +1134,7 @@ class History:
         self._drop_replaced(lock)  # the old fds point at the replaced file
         self._torn_tail = False
         self._file_records = 1
+        self._trusted = 1
         self._file_size = len(record)
         self._file_replaced(seq)
 
@@ -1152,6 +1170,8 @@ class History:
         if done >= len(prefix):
             self._torn_tail = False
         complete = _complete_records(batch, done - len(prefix))
+        # A record cut short ends the file in a bad line: nothing before it is trusted.
+        self._trusted = self._trusted + complete if done == len(data) else 0
         if complete:
             self._written = batch[complete - 1][0]
             if self._file_records is not None:
@@ -1196,7 +1216,8 @@ class History:
                 self._file_records = self._run(_count_lines, self.path)
                 if self._file_records <= threshold:
                     return
-            kept, size, lock = self._run(_compact_file, self.path, self.room, limit)
+            trusted = self._trusted >= limit and not self._torn_tail
+            kept, size, lock = self._run(_compact_file, self.path, self.room, limit, trusted)
         except OSError as exc:
             if not self._compact_failing:
                 log.warning("history %s: compaction failed (%s); retrying every %g s",
@@ -1207,6 +1228,7 @@ class History:
         self._drop_replaced(lock)
         self._compact_failing = False
         self._file_records = kept
+        self._trusted = kept
         self._file_size = size
         self._torn_tail = False
         self._file_replaced(self._written)
