@@ -49,7 +49,8 @@ _NO_EXTRA: Mapping[str, object] = MappingProxyType({})
 
 def _speakers(events: list[ev.Event]) -> list[str]:
     """Keys of those who said something in a batch, in the order they first spoke."""
-    return list(dict.fromkeys(name_key(e.name) for e in events if type(e) in _SPOKEN))
+    names = dict.fromkeys(e.name for e in events if type(e) in _SPOKEN)  # one key per name
+    return list(dict.fromkeys(name_key(name) for name in names))
 
 
 class Output(Protocol):
