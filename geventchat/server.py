@@ -329,6 +329,16 @@ def _refuse(sock: socket.socket, refusal: str, kind: str) -> None:
     out.write(data)
     out.drain(DRAIN_TIMEOUT)
     out.close()
+    # Closing a socket with unread input sends a reset, which may destroy the refusal
+    # before the client reads it (a program sends its name with the connection): take
+    # what is already there, without waiting, and say FIN first.
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        raw = getattr(sock, "_sock", sock)
+        while raw.recv(65536, socket.MSG_DONTWAIT):
+            pass
+    except OSError:  # BlockingIOError included: nothing (more) to read
+        pass
 
 
 def _tune(sock: socket.socket) -> None:
