@@ -82,6 +82,7 @@ import errno
 import json
 import logging
 import os
+import re
 import secrets
 import stat
 import time
@@ -150,6 +151,7 @@ MIN_RECORD_BYTES = 48
 _NAME_MAX = 64
 
 _COUNT_CHUNK = 1 << 20
+_NEWLINES = re.compile(b"\n")
 
 # --- record format ------------------------------------------------------------------------
 
@@ -588,20 +590,35 @@ def _compact_file(path: str, room: str, keep: int,
     fd = os.open(path, os.O_RDONLY)
     try:
         if trusted:
-            lines = []
-            for _, line in _lines_backward(fd, os.fstat(fd).st_size):
-                if len(lines) >= keep:
-                    break
-                lines.append(line)
-            lines.reverse()
+            size = os.fstat(fd).st_size
+            start = _start_of_last_lines(fd, size, keep)
+            data = _pread(fd, size - start, start)
+            kept = keep
         else:
             tail = _scan(fd, path, room, keep)
-            lines = [line for _, _, line in tail.records]
+            kept = len(tail.records)
+            # Records are written back as they were (torn ones, redone whole after, are
+            # dropped).
+            data = b"".join(line for _, _, line in tail.records)
     finally:
         os.close(fd)
-    # Records are written back as they were (torn ones, redone whole after, are dropped).
-    data = b"".join(lines)
-    return len(lines), len(data), _replace_locked(path, data)
+    return kept, len(data), _replace_locked(path, data)
+
+
+def _start_of_last_lines(fd: int, size: int, keep: int) -> int:
+    """Where the last ``keep`` lines of a file that ends in a newline begin (0 if it has
+    no more than ``keep``): newlines counted backward a MiB at a time, in C."""
+    need = keep + 1  # the newline before the first kept line, counting from the end
+    pos = size
+    while pos > 0:
+        start = max(0, pos - _COUNT_CHUNK)
+        data = _pread(fd, pos - start, start)
+        ends = [m.end() for m in _NEWLINES.finditer(data)]
+        if len(ends) >= need:
+            return start + ends[len(ends) - need]
+        need -= len(ends)
+        pos = start
+    return 0
 
 
 # --- the history ----------------------------------------------------------------------------
