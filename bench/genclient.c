@@ -148,6 +148,7 @@ static struct {
     int nsources;
     int redis;           /* --proto redis */
     int nobservers;
+    int eager;           /* send the name right after connecting, before the prompt */
 
     /* runtime */
     int ep;
@@ -619,7 +620,9 @@ static void on_line(struct conn *c, const char *line, size_t len, uint64_t t)
     }
     switch (c->st) {
     case ST_PROMPT:
-        if (line_is(line, len, "? name:", 7)) {
+        if (line_is(line, len, "? name:", 7) && g.eager) {
+            c->st = ST_JOIN; /* the name went out on connect: this prompt came after it */
+        } else if (line_is(line, len, "? name:", 7)) {
             char msg[48];
             memcpy(msg, c->name, c->name_len);
             msg[c->name_len] = '\n';
@@ -796,6 +799,12 @@ static void on_connected(struct conn *c)
     set_events(c, 0);
     if (!g.redis) {
         c->st = ST_PROMPT; /* wait for "? name:" */
+        if (g.eager) { /* a program: the name at once (the server sniffs it, then prompts) */
+            char msg[48];
+            memcpy(msg, c->name, c->name_len);
+            msg[c->name_len] = '\n';
+            conn_send(c, msg, c->name_len + 1);
+        }
         return;
     }
     c->st = ST_JOIN;
@@ -1114,7 +1123,8 @@ static void usage(void)
             "usage: genclient --port P --clients N --prefix NAME --sync-name NAME\n"
             "  --sync-token TEXT [--host H] [--senders S] [--sender-base B] [--window W |\n"
             "  --rate LINES_PER_S_PER_SENDER] [--pad BYTES] [--sources A,B] [--inflight K]\n"
-            "  [--progress-ms MS] [--sync-sender] [--proto line|redis] [--observers K]\n");
+            "  [--progress-ms MS] [--sync-sender] [--proto line|redis] [--observers K]\n"
+            "  [--eager-name]\n");
     exit(2);
 }
 
@@ -1146,7 +1156,8 @@ static void parse_args(int argc, char **argv)
         {"inflight", required_argument, 0, 'i'}, {"progress-ms", required_argument, 0, 'g'},
         {"sync-name", required_argument, 0, 'y'}, {"sync-token", required_argument, 0, 't'},
         {"sync-sender", no_argument, 0, 'Y'},    {"proto", required_argument, 0, 'P'},
-        {"observers", required_argument, 0, 'o'}, {0, 0, 0, 0}};
+        {"observers", required_argument, 0, 'o'}, {"eager-name", no_argument, 0, 'E'},
+        {0, 0, 0, 0}};
     g.host = "127.0.0.1";
     g.inflight = 256;
     g.progress_ms = 250;
@@ -1170,6 +1181,7 @@ static void parse_args(int argc, char **argv)
         case 'Y': g.sync_sender = 1; break;
         case 'P': parse_proto(optarg); break;
         case 'o': g.nobservers = atoi(optarg); break;
+        case 'E': g.eager = 1; break;
         default: usage();
         }
     }

@@ -35,7 +35,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+import bystander
 import report
+import soak
 import target
 import workers
 
@@ -64,9 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     load.add_argument(
         "--clients",
         type=int,
-        default=100,
+        default=None,
         metavar="N",
-        help="simulated clients, all registered before anyone sends (100)",
+        help="simulated clients, all registered before anyone sends (100; --soak: 2000)",
     )
     load.add_argument(
         "--senders",
@@ -118,6 +120,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="K",
         help="non-sending clients, spread over the join order, that time every line they "
         "get (8; C engine)",
+    )
+    gen.add_argument(
+        "--eager-name",
+        action="store_true",
+        help="clients send their name right after connecting, as programs do, instead of "
+        "waiting for the name prompt (the shared port waits --sniff-timeout for it)",
+    )
+    gen.add_argument(
+        "--bystander",
+        action="store_true",
+        help="--idle: one more client, registered first, chats in the lobby during the "
+        "storm and reports its echo latency (geventchat only)",
     )
     gen.add_argument(
         "--drain",
@@ -209,12 +223,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=RESULTS_DIR,
         help="where --sweep writes sweep.md/.json/.png (bench/results)",
     )
+    soak.add_arguments(p)
     args = p.parse_args(argv)
     _check_args(p, args)
     return args
 
 
 def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.clients is None:
+        args.clients = 2000 if args.soak else 100
+    if args.soak is not None and (args.idle is not None or args.sweep or args.compare):
+        p.error("--soak is a mode of its own: drop --idle/--sweep/--compare")
     if args.rate is None and args.window is None:
         args.window = 8
     if args.window is not None and args.window < 1:
@@ -523,6 +542,7 @@ def worker_commands(
             args.size,
             sources,
             PROTOCOLS[target_name],
+            getattr(args, "eager_name", False),
         )
         for i, plan in enumerate(plans)
     ]
@@ -642,16 +662,31 @@ def run_idle(args: argparse.Namespace) -> dict[str, Any]:
         sources = source_addresses(n, tgt.host)
         commands = worker_commands(args, engine, plans, tgt, 0, "idle", sources, args.target)
         monitor = target.Monitor(tgt.pid)
+        watcher = None
+        if args.bystander and args.target == "geventchat":
+            watcher = bystander.Bystander(tgt.host, tgt.port, f"bystander{random_id()}")
         try:
             time.sleep(0.2)
             before = monitor.rss()
+            cpu0 = monitor.cpu()
+            if watcher is not None:
+                watcher.start()
             with workers.WorkerGroup(commands) as group:
                 ready = register_all(group, n, args)
+                cpu = monitor.cpu() - cpu0
+                gen_cpu = sum(target.Monitor.process_cpu(pid) for pid in group.pids)
+                seen = watcher.stop() if watcher is not None else None
                 time.sleep(IDLE_SETTLE_S)
                 after = monitor.rss()
         finally:
             memory = monitor.close()
-    return idle_result(args, engine, len(plans), sources, ready, before, after, memory, warnings)
+    result = idle_result(args, engine, len(plans), sources, ready, before, after, memory,
+                         warnings)
+    result["server_cpu_s"] = round(cpu, 3)
+    result["generator_cpu_s"] = round(gen_cpu, 3)
+    result["bystander"] = seen
+    result["load_avg"] = [round(x, 2) for x in os.getloadavg()]
+    return result
 
 
 def idle_result(
@@ -750,7 +785,10 @@ def main(argv: list[str] | None = None) -> int:
     """Exit 0 for a clean run, 1 for loss/duplication/failed clients, 2 for setup errors."""
     args = parse_args(argv)
     try:
-        if args.idle is not None:
+        if args.soak is not None:
+            result = soak.run_soak(args, sys.modules[__name__])
+            emit(args, result, soak.summary(result))
+        elif args.idle is not None:
             result = run_idle(args)
             emit(args, result, report.idle_summary(result))
         elif args.compare:

@@ -72,6 +72,7 @@ class Worker:
         self.senders = [Sender(conn=i, gid=args.sender_base + i) for i in range(args.senders)]
         self.fd_index: dict[int, int] = {}
         self.sync_line = f"{args.sync_name}: {args.sync_token}".encode()
+        self.eager = getattr(args, "eager_name", False)
         self.padding = b" " + b"x" * args.pad if args.pad else b""
         self.sources = [s for s in args.sources.split(",") if s] if args.sources else []
         self.phase = "connect"
@@ -220,7 +221,8 @@ class Worker:
         stripped = line.rstrip(b" ")
         if c.state == PROMPT and stripped == b"? name:":
             c.state = JOIN
-            self.send(c, c.name + b"\n")
+            if not self.eager:
+                self.send(c, c.name + b"\n")
         elif c.state == JOIN:
             if stripped == b"* " + c.name + b" joined":
                 c.state = SYNC
@@ -324,6 +326,8 @@ class Worker:
             else:
                 c.state = PROMPT
                 self.set_out(c, False)
+                if self.eager:  # a program: its name at once; the prompt comes after it
+                    self.send(c, c.name + b"\n")
             return
         if events & select.EPOLLOUT:
             self.flush(c)
@@ -517,6 +521,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sync-name", required=True)
     p.add_argument("--sync-token", required=True)
     p.add_argument("--sync-sender", action="store_true")
+    p.add_argument("--eager-name", action="store_true", help="send the name on connect")
     args = p.parse_args(argv)
     if args.senders and (args.window > 0) == (args.rate > 0):
         p.error("senders need exactly one of --window or --rate")

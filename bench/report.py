@@ -341,6 +341,14 @@ def idle_summary(r: dict[str, Any]) -> str:
         f"{_fmt(r['rss_after_mb'], ' MB')} after",
         f"  per client   {_fmt(per_conn, ' KB')} of server RSS",
     ]
+    if r.get("server_cpu_s") is not None:
+        lines.append(f"  server CPU   {r['server_cpu_s']:.2f} s while registering (generator "
+                     f"{r.get('generator_cpu_s', 0):.2f} s); load average "
+                     f"{' '.join(str(x) for x in r.get('load_avg', []))}")
+    if r.get("bystander"):
+        b = r["bystander"]
+        lines.append(f"  bystander    {b['lines']} echoes: p50 {b['p50_ms']} ms, p99 "
+                     f"{b['p99_ms']} ms, max {b['max_ms']} ms, {b['lost']} lost")
     lines += [f"  warning      {w}" for w in r["warnings"]]
     lines += [f"!!! {p}" for p in r["problems"]]
     return "\n".join(lines)

@@ -427,6 +427,15 @@ class Monitor:
             return 0.0
         return times.user + times.system
 
+    @staticmethod
+    def process_cpu(pid: int) -> float:
+        """User + system CPU seconds of any process (a worker), 0 if it is gone."""
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            return 0.0
+        return times.user + times.system
+
     def hwm(self) -> int | None:
         """The kernel's own peak RSS (VmHWM), which catches spikes between samples."""
         if self.proc is None:

@@ -121,6 +121,7 @@ def worker_args(
     pad: int,
     sources: list[str],
     proto: str = "line",
+    eager_name: bool = False,
 ) -> list[str]:
     """Command-line options shared by both engines (``proto`` "redis": the C engine only)."""
     args = [
@@ -153,6 +154,8 @@ def worker_args(
         args += ["--proto", proto]
     if plan.observers:
         args += ["--observers", str(plan.observers)]
+    if eager_name and proto == "line":
+        args.append("--eager-name")
     return args
 
 

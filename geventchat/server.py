@@ -11,6 +11,7 @@ SIGINT or SIGTERM. :func:`build_hub` composes the embedded defaults.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -159,6 +160,8 @@ class ChatServer:
                     for sig in (signal.SIGINT, signal.SIGTERM)]
         if hasattr(signal, "SIGHUP"):
             handlers.append(gevent.signal_handler(signal.SIGHUP, self.reload))
+        if hasattr(signal, "SIGUSR1"):
+            handlers.append(gevent.signal_handler(signal.SIGUSR1, self.log_stats))
         try:
             self.start()
             self._tell_how_to_reach()
@@ -199,6 +202,33 @@ class ChatServer:
             network_for(self).reload_motd()
             done.append("MOTD")
         log.info("reloaded: %s", ", ".join(done) or "nothing")
+
+    def stats(self) -> dict[str, int]:
+        """Counts for leak hunting (the soak benchmark reads them): connections, users,
+        rooms, handler greenlets, live (not finished) greenlets (found through the garbage
+        collector: a scan of all objects, tens of ms at 20,000 clients, so on request only;
+        finished ones waiting for the collector are not counted)
+        and open descriptors (Linux)."""
+        from greenlet import greenlet
+
+        try:
+            fds = len(os.listdir("/proc/self/fd"))
+        except OSError:
+            fds = -1
+        return {
+            "connections": len(self.connections),
+            "users": len(self.hub.users),
+            "rooms": len(self.hub.rooms),
+            "handlers": len(self._pool),
+            "greenlets": sum(1 for o in gc.get_objects()
+                             if isinstance(o, greenlet) and not o.dead),
+            "fds": fds,
+        }
+
+    def log_stats(self) -> None:
+        """SIGUSR1: log :meth:`stats` as one ``stats:`` line (``key=value`` pairs)."""
+        counts = self.stats()
+        log.info("stats: %s", " ".join(f"{k}={v}" for k, v in counts.items()))
 
     # --- connections -------------------------------------------------------------------
 
@@ -330,6 +360,16 @@ def _refuse(sock: socket.socket, refusal: str, kind: str) -> None:
     out.write(data)
     out.drain(DRAIN_TIMEOUT)
     out.close()
+    # Closing a socket with unread input sends a reset, which may destroy the refusal
+    # before the client reads it (a program sends its name with the connection): take
+    # what is already there, without waiting, and say FIN first.
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        raw = getattr(sock, "_sock", sock)
+        while raw.recv(65536, socket.MSG_DONTWAIT):
+            pass
+    except OSError:  # BlockingIOError included: nothing (more) to read
+        pass
 
 
 def _tune(sock: socket.socket) -> None:

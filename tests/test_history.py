@@ -383,6 +383,31 @@ def test_compaction_counts_records_already_in_file(path):
                                                                        range(17, 21)]
 
 
+def test_compaction_trusts_only_what_this_process_wrote(path, monkeypatch):
+    """Records this History wrote are copied without decoding; a compaction that reaches
+    back into what was there before scans (and cleans) as always."""
+    old = [encode_record(msg(i)) for i in range(10)]
+    path.write_bytes(b"".join(old[:5]) + b"not json\n" + b"".join(old[5:]))
+    calls: list[bool] = []
+    real = history._compact_file
+
+    def spy(*args):
+        calls.append(len(args) > 3 and args[3])
+        return real(*args)
+
+    monkeypatch.setattr(history, "_compact_file", spy)
+    h = History(path, replay=100, max_records=8)  # compacts past 12 records
+    for i in range(10, 60):
+        h.append(msg(i))
+        assert h.flush(timeout=WAIT)
+    h.close()
+    assert calls[0] is False  # 3 records of its own: the other 5 kept had to be checked
+    assert True in calls[1:]  # later compactions kept only records it wrote or checked
+    lines = file_lines(path)
+    assert plain(decode_record(line) for line in lines) == [msg(i) for i in range(
+        60 - len(lines), 60)]
+
+
 # --- disk errors ----------------------------------------------------------------------------
 
 

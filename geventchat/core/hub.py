@@ -52,7 +52,8 @@ _NO_EXTRA: Mapping[str, object] = MappingProxyType({})
 
 def _speakers(events: list[ev.Event]) -> list[str]:
     """Keys of those who said something in a batch, in the order they first spoke."""
-    return list(dict.fromkeys(name_key(e.name) for e in events if type(e) in _SPOKEN))
+    names = dict.fromkeys(e.name for e in events if type(e) in _SPOKEN)  # one key per name
+    return list(dict.fromkeys(name_key(name) for name in names))
 
 
 class Output(Protocol):
@@ -334,9 +335,20 @@ class Room:
         ordinary fan-out targets."""
         fresh, self._fresh = self._fresh, {}
         self._outputs = None
+        # A crowd joining in one batch: newcomer i gets the events after its own join, so
+        # rendering each tail would cost O(crowd^2) renders. With a shared renderer each
+        # event is rendered once and every tail is a join of those bytes.
+        lines: dict[Renderer, list[bytes]] = {}
         for key, (session, skip) in fresh.items():
             if len(events) > skip:
-                session.out.write(session.proto.render_for(session, events[skip:]))
+                proto = session.proto
+                if proto.shared and len(fresh) > 1:
+                    rendered = lines.get(proto)
+                    if rendered is None:
+                        rendered = lines[proto] = [proto.render(e) for e in events]
+                    session.out.write(b"".join(rendered[skip:]))
+                else:
+                    session.out.write(proto.render_for(session, events[skip:]))
             self._targets.setdefault(session.proto, {})[key] = session
 
     def _unsent(self, session: Session) -> list[ev.Event]:

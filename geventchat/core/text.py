@@ -26,6 +26,9 @@ _BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 # Category Cc is C0 (ESC included), DEL and C1; a tab becomes a space first.
 _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f" + _BIDI + "]")
 _NAME_EXTRA = frozenset("_-.")
+# The common case, checked in one step: an ASCII name of letters, digits and _ - . (no
+# ASCII character is invisible, and ASCII is one script with no look-alike to refuse).
+_ASCII_NAME = re.compile(rf"[A-Za-z0-9_.\-]{{1,{NAME_MAX}}}")
 
 # Unicode's Default_Ignorable_Code_Point ranges (DerivedCoreProperties.txt): characters
 # that render as nothing. Some are letters or marks (U+3164 HANGUL FILLER is Lo, U+034F
@@ -118,6 +121,10 @@ def check_name(raw: str) -> str:
     never silently differs from what its owner typed. Raises ``ChatError('invalid_name')``.
     """
     name = unicodedata.normalize("NFKC", raw.strip())
+    if _ASCII_NAME.fullmatch(name):
+        if name.casefold() in RESERVED_NAMES:
+            raise ChatError("reserved_name", f"that name is reserved: {name}")
+        return name
     if not 1 <= len(name) <= NAME_MAX or not all(_name_char_ok(c) for c in name):
         raise ChatError("invalid_name")
     if any(_invisible(c) for c in name):

@@ -130,6 +130,10 @@ def throttle(flood: FloodGate, warn: Callable[[], None], kick: Callable[[], None
     return is_open()
 
 
+#: The gate of every connection when flood control is off: disabled, so never mutated.
+_NO_FLOOD_GATE = FloodGate(0.0)
+
+
 class ClientConnection:
     """One client socket, from its first byte to the close: the life cycle every edge
     shares. Subclasses implement :meth:`greet`, :meth:`on_line`, :meth:`slow_down`,
@@ -162,7 +166,9 @@ class ClientConnection:
         self.out = out
         self.decoder = decoder
         self.session: Session | None = None
-        self.flood = FloodGate(ctx.settings.rate_limit, ctx.settings.rate_burst)
+        rate = ctx.settings.rate_limit
+        # Without a limit every connection shares one disabled gate (it keeps no state).
+        self.flood = FloodGate(rate, ctx.settings.rate_burst) if rate > 0 else _NO_FLOOD_GATE
         self.created = self.last_active = time.monotonic()
         self._closing: str | None = None
         self._reader = gevent.getcurrent()

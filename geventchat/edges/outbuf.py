@@ -28,6 +28,9 @@ from gevent.event import Event
 MAX_SENDQ = 1 << 20
 
 _EV_WRITE = 2  # libev/libuv event mask for "writable"
+#: The backlog of an output that has never had to queue (most of them): shared and empty,
+#: replaced by a list of its own the first time the kernel refuses bytes.
+_NO_BACKLOG: list[bytes] = []
 
 
 class Output:
@@ -53,7 +56,7 @@ class Output:
         # gevent's socket wraps a real non-blocking socket; sending on it directly is the
         # one place we want "fail instead of wait" semantics.
         self._raw = getattr(sock, "_sock", sock)
-        self._backlog: list[bytes] = []
+        self._backlog: list[bytes] = _NO_BACKLOG  # a list of its own once it queues
         self._queued = 0
         self._limit = limit
         self._watcher = None
@@ -91,6 +94,8 @@ class Output:
         elif self._tls:
             self._queue_for_greenlet(data)
             return
+        if self._backlog is _NO_BACKLOG:
+            self._backlog = []
         self._backlog.append(data)
         self._queued += len(data)
         if self._queued > self._limit:
@@ -108,7 +113,7 @@ class Output:
         """Drop anything queued and stop writing; the socket itself is the owner's."""
         self.closed = True
         self._direct = False
-        self._backlog.clear()
+        self._backlog = _NO_BACKLOG
         self._queued = 0
         self._stop_watcher()
         if self._drained is not None:
@@ -117,6 +122,8 @@ class Output:
     # --- internals -----------------------------------------------------------------------
 
     def _queue_for_greenlet(self, data: bytes) -> None:
+        if self._backlog is _NO_BACKLOG:
+            self._backlog = []
         self._backlog.append(data)
         self._queued += len(data)
         if self._queued > self._limit:
@@ -129,7 +136,7 @@ class Output:
         try:
             while self._backlog and not self.closed:
                 data = b"".join(self._backlog)
-                self._backlog = []
+                self._backlog = _NO_BACKLOG
                 self._sock.sendall(data)
                 self._queued = max(0, self._queued - len(data))
         except OSError as exc:
@@ -168,7 +175,7 @@ class Output:
             self._backlog = [data[sent:]]
             self._queued = len(data) - sent
             return
-        self._backlog = []
+        self._backlog = _NO_BACKLOG
         self._queued = 0
         self._direct = True
         self._watcher.stop()

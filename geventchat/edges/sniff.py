@@ -52,6 +52,17 @@ def sniff(sock: socket.socket, timeout: float) -> tuple[str, bytes]:
     if timeout <= 0:
         return NATIVE, b""
     pending = getattr(sock, "pending", None)  # TLS: bytes may already be decrypted
+    if pending is None:
+        # Plain socket: a program sends its first line with the connection, so look
+        # before waiting (no watcher, no timer: a registration storm is mostly this case).
+        try:
+            data = getattr(sock, "_sock", sock).recv(SNIFF_BYTES, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            pass
+        except OSError:
+            return NATIVE, b""
+        else:
+            return classify(data), data
     if not (pending and pending()):
         try:
             wait_read(sock.fileno(), timeout=timeout)

@@ -82,6 +82,7 @@ import errno
 import json
 import logging
 import os
+import re
 import secrets
 import stat
 import time
@@ -153,6 +154,7 @@ MIN_RECORD_BYTES = 48
 _NAME_MAX = 64
 
 _COUNT_CHUNK = 1 << 20
+_NEWLINES = re.compile(b"\n")
 
 # --- record format ------------------------------------------------------------------------
 
@@ -578,19 +580,48 @@ def _count_lines(path: str) -> int:
         os.close(fd)
 
 
-def _compact_file(path: str, room: str, keep: int) -> tuple[int, int, int]:
+def _compact_file(path: str, room: str, keep: int,
+                  trusted: bool = False) -> tuple[int, int, int]:
     """Rewrite ``path`` with only its last ``keep`` readable records, reading only its tail.
+
+    ``trusted``: the file's last ``keep`` lines are known to be good records (this process
+    wrote or checked them), so they are copied without being decoded again: decoding is
+    most of a compaction's cost, and it holds the GIL that the server's loop needs.
 
     Returns how many were kept, the new size and a locked fd of the new file.
     """
     fd = os.open(path, os.O_RDONLY)
     try:
-        tail = _scan(fd, path, room, keep)
+        if trusted:
+            size = os.fstat(fd).st_size
+            start = _start_of_last_lines(fd, size, keep)
+            data = _pread(fd, size - start, start)
+            kept = keep
+        else:
+            tail = _scan(fd, path, room, keep)
+            kept = len(tail.records)
+            # Records are written back as they were (torn ones, redone whole after, are
+            # dropped).
+            data = b"".join(line for _, _, line in tail.records)
     finally:
         os.close(fd)
-    # Records are written back as they were (torn ones, redone whole after, are dropped).
-    data = b"".join(line for _, _, line in tail.records)
-    return len(tail.records), len(data), _replace_locked(path, data)
+    return kept, len(data), _replace_locked(path, data)
+
+
+def _start_of_last_lines(fd: int, size: int, keep: int) -> int:
+    """Where the last ``keep`` lines of a file that ends in a newline begin (0 if it has
+    no more than ``keep``): newlines counted backward a MiB at a time, in C."""
+    need = keep + 1  # the newline before the first kept line, counting from the end
+    pos = size
+    while pos > 0:
+        start = max(0, pos - _COUNT_CHUNK)
+        data = _pread(fd, pos - start, start)
+        ends = [m.end() for m in _NEWLINES.finditer(data)]
+        if len(ends) >= need:
+            return start + ends[len(ends) - need]
+        need -= len(ends)
+        pos = start
+    return 0
 
 
 # --- the history ----------------------------------------------------------------------------
@@ -646,6 +677,9 @@ class History:
         self._file_epoch = ""
         self._legacy_ok = False  # records without epoch belong to this life of the file
         # Compaction: the record count is None until known (counted lazily).
+        # Records at the end of the file known to be good (written by us since the last
+        # load, or kept by a compaction): a compaction within them need not decode.
+        self._trusted = 0
         self._file_records: int | None = None
         self._file_size = 0
         # Writer state. Sequence numbers order appends and clears: ``_seq`` is the last one
@@ -1138,6 +1172,7 @@ class History:
         self._drop_replaced(lock)  # the old fds point at the replaced file
         self._torn_tail = False
         self._file_records = 1
+        self._trusted = 1
         self._file_size = len(record)
         self._file_replaced(seq)
 
@@ -1175,6 +1210,8 @@ class History:
         if done >= len(prefix):
             self._torn_tail = False
         complete = _complete_records(batch, done - len(prefix))
+        # A record cut short ends the file in a bad line: nothing before it is trusted.
+        self._trusted = self._trusted + complete if done == len(data) else 0
         if complete:
             self._written = batch[complete - 1][0]
             if self._file_records is not None:
@@ -1219,7 +1256,8 @@ class History:
                 self._file_records = self._run(_count_lines, self.path)
                 if self._file_records <= threshold:
                     return
-            kept, size, lock = self._run(_compact_file, self.path, self.room, limit)
+            trusted = self._trusted >= limit and not self._torn_tail
+            kept, size, lock = self._run(_compact_file, self.path, self.room, limit, trusted)
         except OSError as exc:
             if not self._compact_failing:
                 log.warning("history %s: compaction failed (%s); retrying every %g s",
@@ -1230,6 +1268,7 @@ class History:
         self._drop_replaced(lock)
         self._compact_failing = False
         self._file_records = kept
+        self._trusted = kept
         self._file_size = size
         self._torn_tail = False
         self._file_replaced(self._written)

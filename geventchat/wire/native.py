@@ -119,6 +119,7 @@ class Command:
 
 #: Bare lines kept from the original chat, mapped to the commands they mean.
 _BARE: Final = {"exit": "quit", "clear": "clear"}
+_BARE_LONGEST: Final = max(map(len, _BARE))
 
 
 def parse(line: str) -> Command | None:
@@ -131,7 +132,8 @@ def parse(line: str) -> Command | None:
     if not text.strip():
         return None
     if text[0] != "/":
-        bare = _BARE.get(text.strip().lower())
+        bare = text.strip()
+        bare = _BARE.get(bare.lower()) if len(bare) <= _BARE_LONGEST else None
         return Command(bare) if bare else Command("say", text)
     if text.startswith("//"):
         return Command("say", text[1:])
