@@ -285,6 +285,18 @@ def test_killed_node_users_are_announced_gone(cluster) -> None:
         assert not any(x.startswith("* bob left") for x in lines)
 
 
+def _healthz(port: int) -> str:
+    """GET /healthz on the node's shared port: the whole answer."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+    return data.decode()
+
+
 def test_redis_restart_under_traffic(cluster) -> None:
     a = cluster("a", admins={"root": "secret-pw"})
     b = cluster("b")
@@ -294,10 +306,13 @@ def test_redis_restart_under_traffic(cluster) -> None:
     alice.expect("* bob joined")
     alice.send("before")
     bob.expect("alice: before")
+    assert _healthz(a.port).startswith("HTTP/1.1 200")
     cluster.redis.kill()
     alice.send("into the void")
     alice.expect("! not delivered: chat backplane unavailable")
     root.expect(re.compile(r"^\* chat backplane \(Redis\) unavailable"))
+    health = _healthz(a.port)
+    assert health.startswith("HTTP/1.1 503") and "backplane down" in health, health
     cluster.redis.start()  # same port, empty: every room starts afresh
     deadline = time.monotonic() + 15
     seen: list[str] = []

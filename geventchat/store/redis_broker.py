@@ -831,6 +831,11 @@ class RedisBroker:
         state = self._rooms.get(room.key)
         return list(state.recent) if state is not None else []
 
+    @property
+    def backplane_up(self) -> bool:
+        """For ``/healthz`` (503 while down) and the ``geventchat_backplane_up`` metric."""
+        return self.up
+
     def position(self, room: Room) -> tuple[str, int]:
         """The room's epoch and last offset this node delivered (never waits)."""
         state = self._rooms.get(room.key)
