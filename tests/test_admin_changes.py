@@ -6,9 +6,8 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
-from tests.helpers import TIMEOUT, add_admin, wait_for
+from tests.helpers import TIMEOUT, LineClient, add_admin, wait_for
 
 
 def remove_admin(srv, name: str) -> None:
@@ -16,18 +15,31 @@ def remove_admin(srv, name: str) -> None:
                     "--admins", str(srv.admins)], check=True, timeout=30, capture_output=True)
 
 
+def claim(srv, name: str) -> tuple[LineClient, str]:
+    """A new connection that claims ``name``; the server's answer to it."""
+    c = LineClient(srv.port)
+    assert c.line() == "? name:"
+    c.send(name)
+    return c, c.line()
+
+
 def test_admin_added_while_running_is_asked_for_a_password(make_srv):
     srv = make_srv(start=False)
     add_admin(srv.admins, "root", "s3cret-pw")
     srv.start()
     watcher = srv.connect("watcher")
-    time.sleep(1.1)  # the file's mtime must differ from the one loaded at start
     add_admin(srv.admins, "ops2", "an0ther-pw")
-    c = srv.connect()
-    assert c.line() == "? name:"
-    time.sleep(1.1)  # at most one look at the file per second
-    c.send("ops2")
-    assert c.line() == "? password:"  # not taken as an ordinary user...
+
+    def asked_for_password() -> LineClient | None:
+        # The server looks at the file at most once a second, at name claims: claim the
+        # name until it does (an earlier claim may still get in as an ordinary user).
+        c, answer = claim(srv, "ops2")
+        if answer == "? password:":
+            return c
+        c.close()
+        return None
+
+    c = wait_for(asked_for_password, what="ops2 asked for its password")  # not ordinary...
     c.send("an0ther-pw")
     c.expect("* ops2 joined")
     c.send("/clear")  # ...and an admin now
@@ -43,9 +55,17 @@ def test_removed_admin_loses_its_rights_at_once(make_srv):
     srv.start()
     root = srv.connect("root", "s3cret-pw")
     remove_admin(srv, "root")
-    time.sleep(1.1)
-    srv.connect("someone")  # a name claim makes the server look at the file
-    root.expect("* your admin account was removed: you are no longer an admin")
+    seen: list[str] = []
+
+    def told() -> bool:
+        claim(srv, f"someone{len(seen)}")[0].close()  # a name claim makes the server look
+        try:
+            seen.append(root.line(0.3))
+        except AssertionError:
+            seen.append("")
+        return "* your admin account was removed: you are no longer an admin" in seen
+
+    wait_for(told, what="root told its account was removed")
     root.send("/clear")
     assert root.expect(re.compile("^!"))[-1].startswith("! permission denied")
 
