@@ -473,3 +473,18 @@ def redis_server(tmp_path: Path) -> Iterator[object]:
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory nobody may write to; skips where permission bits don't bind (root)."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as root: permission bits do not stop root from writing, "
+                        "so a read-only directory can't be tested here")
+        yield ro
+    finally:
+        ro.chmod(0o755)

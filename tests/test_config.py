@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import tomllib
 from pathlib import Path
 
@@ -234,18 +233,9 @@ def test_check_history(tmp_path: Path) -> None:
         config.check(settings_in(tmp_path, history=tmp_path / "adir"))
 
 
-def test_check_history_read_only_directory(tmp_path: Path) -> None:
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o555)
-    try:
-        if os.access(ro, os.W_OK):
-            pytest.skip("running as root: permission bits do not stop root from writing, "
-                        "so a read-only directory can't be tested here")
-        with pytest.raises(ConfigError, match=r"history file .*/ro/h.txt is not writable"):
-            config.check(settings_in(tmp_path, history=ro / "h.txt"))
-    finally:
-        ro.chmod(0o755)
+def test_check_history_read_only_directory(tmp_path: Path, read_only_dir: Path) -> None:
+    with pytest.raises(ConfigError, match=r"history file .*/ro/h.txt is not writable"):
+        config.check(settings_in(tmp_path, history=read_only_dir / "h.txt"))
 
 
 def test_check_irc_port_clash(tmp_path: Path) -> None:

@@ -147,18 +147,10 @@ def test_unwritable_history_is_named(tmp_path: Path) -> None:
     assert line == f"geventchat: history file {a_dir} is a directory, not a file"
 
 
-def test_history_in_read_only_directory(tmp_path: Path) -> None:
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o555)
-    try:
-        if os.access(ro, os.W_OK):
-            pytest.skip("running as root: permission bits do not stop root from writing, "
-                        "so a read-only directory can't be tested here")
-        line = refused(run_serve(tmp_path, "--history", str(ro / "h.txt")))
-        assert line.startswith(f"geventchat: history file {ro / 'h.txt'} is not writable")
-    finally:
-        ro.chmod(0o755)
+def test_history_in_read_only_directory(tmp_path: Path, read_only_dir: Path) -> None:
+    ro = read_only_dir
+    line = refused(run_serve(tmp_path, "--history", str(ro / "h.txt")))
+    assert line.startswith(f"geventchat: history file {ro / 'h.txt'} is not writable")
 
 
 # -- defaults ------------------------------------------------------------------------------
