@@ -339,3 +339,13 @@ def test_rooms_in_use_are_capped():
     actions.join(hub, a, "lobby")  # "one" still has c; "two" empties when b leaves
     actions.join(hub, b, "lobby")
     assert actions.join(hub, c, "three") is not None
+
+
+def test_announced_modes_pair_each_letter_with_its_parameter():
+    """What every node reads back from a ModeChanged (the cluster keeps +o and +t)."""
+    from geventchat.core.modes import changes
+
+    assert changes("+ko", ("sesame", "bob")) == [(True, "k", "sesame"), (True, "o", "bob")]
+    assert changes("+l-lo+t", ("9", "al")) == [(True, "l", "9"), (False, "l", None),
+                                               (False, "o", "al"), (True, "t", None)]
+    assert changes("+bv", ("*!*@h", "cy")) == [(True, "b", "*!*@h"), (True, "v", "cy")]

@@ -111,3 +111,21 @@ def matches(mask: str, identities: tuple[str, ...]) -> bool:
 
 def any_match(entries: dict[str, ListEntry], identities: tuple[str, ...]) -> bool:
     return any(matches(mask, identities) for mask in entries)
+
+
+def changes(modes: str, args: tuple[str, ...]) -> list[tuple[bool, str, str | None]]:
+    """An announced mode string and its parameters as ``(give, letter, arg)`` triples, each
+    letter paired with its own parameter (lists and member modes always take one, ``k``
+    too, ``l`` only when given): ``("+ko", ("key", "bob"))`` -> ``[(True, "k", "key"),
+    (True, "o", "bob")]``."""
+    out: list[tuple[bool, str, str | None]] = []
+    rest = list(args)
+    give = True
+    for letter in modes:
+        if letter in "+-":
+            give = letter == "+"
+            continue
+        takes = letter in LISTS or letter in MEMBER_MODES or letter == "k" or (
+            letter == "l" and give)
+        out.append((give, letter, rest.pop(0) if takes and rest else None))
+    return out

@@ -42,6 +42,7 @@ from redis.connection import Connection, SSLConnection
 from redis.retry import Retry
 
 from geventchat.core import events as ev
+from geventchat.core import modes
 from geventchat.core.directory import RemoteUser
 from geventchat.core.errors import ChatError
 from geventchat.core.hub import LOBBY_NAME, Room, Session
@@ -886,17 +887,14 @@ class RedisBroker:
         return events
 
     def _store_modes(self, room: Room, event: ev.ModeChanged) -> None:
-        args = list(event.args)
-        sign = "+"
-        for ch in event.modes:
-            if ch in "+-":
-                sign = ch
-            elif ch == "o" and args:
-                cmd = "SADD" if sign == "+" else "SREM"
-                self.fire((cmd, f"{P}room:{room.key}:ops", name_key(args.pop(0))))
-            elif ch == "t":
+        """The modes a cluster shares (operators, topic lock) kept in Redis."""
+        for give, letter, arg in modes.changes(event.modes, event.args):
+            if letter == "o" and arg:
+                self.fire(("SADD" if give else "SREM", f"{P}room:{room.key}:ops",
+                           name_key(arg)))
+            elif letter == "t":
                 self.fire(("HSET", f"{P}room:{room.key}:meta", "locked",
-                           "1" if sign == "+" else "0"))
+                           "1" if give else "0"))
 
     # --- Directory -----------------------------------------------------------------------
 
@@ -1016,16 +1014,12 @@ class RedisBroker:
 
 
 def _apply_modes(room: Room, event: ev.ModeChanged) -> None:
-    args = list(event.args)
-    sign = "+"
-    for ch in event.modes:
-        if ch in "+-":
-            sign = ch
-        elif ch == "o" and args:
-            key = name_key(args.pop(0))
-            (room.ops.add if sign == "+" else room.ops.discard)(key)
-        elif ch == "t":
-            room.topic_locked = sign == "+"
+    """Another node's operator and topic-lock changes, applied to this node's room."""
+    for give, letter, arg in modes.changes(event.modes, event.args):
+        if letter == "o" and arg:
+            (room.ops.add if give else room.ops.discard)(name_key(arg))
+        elif letter == "t":
+            room.topic_locked = give
 
 
 def _entry_offset(entry_id: bytes | str) -> int:
