@@ -4,25 +4,44 @@ The hub, the rooms and the history carry these objects; each listener (the nativ
 protocol today, IRC next) renders them into its own wire format at the edge. Nothing here
 knows any wire format, so a new protocol only needs a new renderer.
 
-Events are frozen dataclasses with ``__slots__``: they are created on the hot fan-out path
-and shared by every recipient, so they must be cheap and immutable.
+Events are dataclasses with ``__slots__``, created on the per-line path and shared by every
+recipient. They are not ``frozen``: a frozen dataclass sets each field through
+``object.__setattr__`` and costs twice as much to build, so immutability is a rule instead of
+a check: nothing assigns to an event after it is made (a stored copy with its id is a new
+object, see ``store.history``).
 """
 
 from __future__ import annotations
 
+import time as _time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 #: Name of the room every native client starts in, the one place it is spelled.
 LOBBY_NAME = "lobby"
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_clock: tuple[int, datetime] = (-1, _EPOCH)
+
+
 def now() -> datetime:
-    """Event time: timezone-aware UTC, so history files are unambiguous across moves."""
-    return datetime.now(UTC)
+    """Event time: timezone-aware UTC (history files stay unambiguous across moves), to the
+    millisecond, which is what IRC's ``server-time`` shows and CHATHISTORY compares.
+
+    Every event of one millisecond shares one ``datetime`` object: the per-line path builds
+    it, and its text in history records (``store.history.encode_record`` caches that by
+    identity), once per millisecond instead of once per line. Order within a millisecond is
+    the order of the ids.
+    """
+    global _clock
+    ms = _time.time_ns() // 1_000_000
+    if ms != _clock[0]:
+        _clock = (ms, _EPOCH + timedelta(milliseconds=ms))
+    return _clock[1]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Message:
     """A chat line said by ``name`` in ``room``."""
 
@@ -34,7 +53,7 @@ class Message:
     id: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Action:
     """``/me text``: an emote, stored like a message."""
 
@@ -46,7 +65,7 @@ class Action:
     id: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PrivateMessage:
     """A message seen only by ``sender`` and ``target``; never stored."""
 
@@ -59,7 +78,7 @@ class PrivateMessage:
     notice: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RoomNotice:
     """An IRC ``NOTICE`` to a room by ``name``: delivered like a line (native users read
     ``name: text``), never stored, never answered automatically."""
@@ -70,7 +89,7 @@ class RoomNotice:
     time: datetime = field(default_factory=now)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Invited:
     """``by`` invited ``target`` into ``room`` (told to the target only)."""
 
@@ -80,7 +99,7 @@ class Invited:
     time: datetime = field(default_factory=now)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Joined:
     """``name`` entered ``room``."""
 
@@ -89,7 +108,7 @@ class Joined:
     time: datetime = field(default_factory=now)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Left:
     """``name`` left ``room`` but stays connected (IRC PART, native ``/join`` elsewhere)."""
 
@@ -99,7 +118,7 @@ class Left:
     time: datetime = field(default_factory=now)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Quit:
     """``name`` left the server (``/quit``, dropped connection, timeout); told once to each
     user who shared a room with it."""
@@ -109,7 +128,7 @@ class Quit:
     time: datetime = field(default_factory=now)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Kicked:
     """``name`` was removed from ``room`` by a room operator or admin ``by``."""
 
@@ -120,7 +139,7 @@ class Kicked:
     time: datetime = field(default_factory=now)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Killed:
     """``name`` was disconnected from the server by admin ``by`` (native ``/kick``, IRC
     ``KILL``)."""
@@ -131,7 +150,7 @@ class Killed:
     time: datetime = field(default_factory=now)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Topic:
     """``by`` set the topic of ``room`` to ``text`` (empty: cleared)."""
 
@@ -141,7 +160,7 @@ class Topic:
     time: datetime = field(default_factory=now)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Renamed:
     """``old`` is now called ``new``."""
 
@@ -150,7 +169,7 @@ class Renamed:
     time: datetime = field(default_factory=now)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Cleared:
     """The history of ``room`` was emptied by admin ``by``."""
 
@@ -161,7 +180,7 @@ class Cleared:
     id: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ModeChanged:
     """``by`` (a user, or empty for the server) changed modes of ``room``: ``modes`` as
     IRC writes them (``+o``, ``-t``), ``args`` their parameters (``("bob",)``)."""
@@ -173,7 +192,7 @@ class ModeChanged:
     time: datetime = field(default_factory=now)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class HistoryMark:
     """For programs that asked for line ids (native ``/ids``): where a room's history
     stands. ``kind`` is ``"room"`` (sent at each join, before the replay: the room's epoch
@@ -186,7 +205,7 @@ class HistoryMark:
     count: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Shutdown:
     """The server is stopping; every connection will be closed."""
 
@@ -194,7 +213,7 @@ class Shutdown:
     time: datetime = field(default_factory=now)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Notice:
     """Informational text for one client (``/who``, ``/help``, goodbye...)."""
 
@@ -202,14 +221,14 @@ class Notice:
     time: datetime = field(default_factory=now)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Prompt:
     """The server waits for one line: ``what`` is ``"name"`` or ``"password"``."""
 
     what: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Error:
     """A coded error for one client. ``code`` is stable (see ``errors.py``); ``text`` is
     the human reason. Each protocol maps the code (the native one prints ``! text``)."""

@@ -171,6 +171,11 @@ def new_epoch() -> str:
     return secrets.token_hex(4)
 
 
+#: The last event time written and its ISO text: ``isoformat`` is the dearest part of a
+#: record, and a whole millisecond of lines shares one time object.
+_iso_cache: tuple[datetime | None, str] = (None, "")
+
+
 def encode_record(event: StoredEvent, epoch: str | None = None) -> bytes:
     """One history line (with its ``\\n``) for ``event``; ``"id"`` is written when the
     event has one (not 0), ``"epoch"`` when given (a :func:`new_epoch` string).
@@ -188,16 +193,22 @@ def encode_record(event: StoredEvent, epoch: str | None = None) -> bytes:
     else:
         raise TypeError(f"{cls.__name__} events are not stored in history")
     when = event.time
-    if when.tzinfo is not UTC:
-        if when.utcoffset() is None:
-            raise ValueError("event time must be timezone-aware")
-        when = when.astimezone(UTC)
+    global _iso_cache
+    if when is _iso_cache[0]:  # events.now() shares one datetime per millisecond
+        iso = _iso_cache[1]
+    else:
+        if when.tzinfo is not UTC:
+            if when.utcoffset() is None:
+                raise ValueError("event time must be timezone-aware")
+            when = when.astimezone(UTC)
+        iso = when.isoformat()
+        _iso_cache = (event.time, iso)
     # Field by field with the json module's own (C) string encoder: the same JSON a dict
     # through json.dumps gives, at a fraction of the cost on the per-line path.
     extra = f',"id":{event.id:d}' if event.id else ""
     if epoch is not None:
         extra = f'{extra},"epoch":"{epoch}"'
-    line = (f'{{"time":"{when.isoformat()}","kind":"{kind}","name":{_quote(name)},'
+    line = (f'{{"time":"{iso}","kind":"{kind}","name":{_quote(name)},'
             f'"text":{_quote(text)},"room":{_quote(event.room)}{extra}}}\n')
     # "replace": a lone surrogate (never produced by the UTF-8 decoder upstream) must not
     # turn into a line the loader would reject.
@@ -616,11 +627,13 @@ def _start_of_last_lines(fd: int, size: int, keep: int) -> int:
     while pos > 0:
         start = max(0, pos - _COUNT_CHUNK)
         data = _pread(fd, pos - start, start)
+        count = data.count(b"\n")
+        if count < need:  # the common case: the whole chunk is kept, counted in C alone
+            need -= count
+            pos = start
+            continue
         ends = [m.end() for m in _NEWLINES.finditer(data)]
-        if len(ends) >= need:
-            return start + ends[len(ends) - need]
-        need -= len(ends)
-        pos = start
+        return start + ends[len(ends) - need]
     return 0
 
 
@@ -775,7 +788,8 @@ class History:
             return event
         self._seq += 1
         self._pending.append((self._seq, record))
-        self._trim_queue()
+        if len(self._pending) > MAX_QUEUED:
+            self._trim_queue()
         self._kick_writer()
         return event
 
@@ -1027,6 +1041,9 @@ class History:
 
     def _kick_writer(self) -> None:
         """Wake the writer, spawning it on first use (the loop need not run before that)."""
+        writer = self._writer
+        if writer is not None and self._wake.is_set() and not writer.dead:
+            return  # woken already this round (the per-line case): nothing more to do
         if self._writer is None or self._writer.dead:
             self._writer = gevent.spawn(self._write_loop)
         self._wake.set()
@@ -1209,7 +1226,8 @@ class History:
             self._file_size += done
         if done >= len(prefix):
             self._torn_tail = False
-        complete = _complete_records(batch, done - len(prefix))
+        complete = (len(batch) if done == len(data)
+                    else _complete_records(batch, done - len(prefix)))
         # A record cut short ends the file in a bad line: nothing before it is trusted.
         self._trusted = self._trusted + complete if done == len(data) else 0
         if complete:

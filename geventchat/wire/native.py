@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from geventchat.core import events as ev
 from geventchat.core.text import clean
@@ -104,9 +103,9 @@ class LineDecoder:
             return BadUtf8(raw.decode("utf-8", "replace"))
 
 
-@dataclass(frozen=True, slots=True)
-class Command:
-    """One parsed client line.
+class Command(NamedTuple):
+    """One parsed client line (a named tuple: built once per line, it costs a third of a
+    frozen dataclass).
 
     ``name`` is ``"say"`` for chat text, otherwise the lower-cased command word (the bare
     lines ``exit`` and ``clear`` become ``quit`` and ``clear``). ``arg`` is the rest of the
