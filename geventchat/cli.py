@@ -95,6 +95,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     _opt(p, "--max-rooms", type=non_negative, metavar="N",
          help="rooms in use at once; each keeps a history file open (default: %(default)s; "
               "0 = no limit)")
+    _opt(p, "--presence-summary", type=non_negative, metavar="N",
+         help="in rooms of more than N members, native clients read a burst of joins or "
+              "leaves as one line (* 523 joined: alice, bob, carol and 520 more); 0 = one "
+              "line per join, always (default: %(default)s)")
     _opt(p, "--sniff-timeout", type=number(zero_ok=True), metavar="SECONDS",
          help="how long the shared port waits for a client's first bytes before it sends "
               "the native prompt: IRC and HTTP clients speak first (default: %(default)s)")

@@ -113,6 +113,8 @@ _SHUTDOWN = re.compile(r"\* server shutting down: (.*)")
 _RENAMED = re.compile(r"\* (\S+) is now known as (\S+)")
 _LEFT = re.compile(r"\* (\S+) (?:left(?: \(.*\))?|was kicked (?:from \S+ )?by \S+(?:: .*)?)")
 _ONLINE = re.compile(r"\* online \(\d+\): (.*)")
+# A big room's burst of joins or leaves (docs/PROTOCOL.md, "Presence in big rooms").
+_SUMMARY = re.compile(r"\* \d+ (joined|left): (.+?)(?: and \d+ more)?")
 # A chat line: a name (never a space, ``*``, ``!``, ``?``, ``(`` or ``:``), then ``: ``.
 _CHAT = re.compile(r"([^\s*!?(:]+): ")
 # What the server adds once we asked for ids (docs/PROTOCOL.md, section 9).
@@ -288,6 +290,12 @@ class Roster:
             names[name_key(name)] = name
         elif (gone := _LEFT.fullmatch(line)) is not None:
             names.pop(name_key(gone.group(1)), None)
+        elif (burst := _SUMMARY.fullmatch(line)) is not None:
+            for name in burst.group(2).split(", "):
+                if burst.group(1) == "joined":
+                    names[name_key(name)] = name
+                else:
+                    names.pop(name_key(name), None)
         else:
             return
         self._names = names

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from geventchat.core.flood import BURST, RATE
+from geventchat.core.presence import PRESENCE_SUMMARY
 from geventchat.edges.outbuf import MAX_SENDQ
 from geventchat.wire.native import MAX_LINE
 
@@ -69,6 +70,10 @@ class Settings:
     #: Rooms in use at once: each keeps a history file open, and each room anyone ever
     #: spoke in leaves a file, so a cap bounds both.
     max_rooms: int = 1000
+    #: Rooms with more members than this tell a burst of joins and leaves to native
+    #: clients as one line each way (``* 523 joined: alice, bob, carol and 520 more``);
+    #: 0: one line per join, always.
+    presence_summary: int = PRESENCE_SUMMARY
     irc_port: int | None = None
     http_port: int | None = None
     #: WebSocket origins allowed besides the page's own (``*``: any).

@@ -418,7 +418,8 @@ def build_hub(settings: Settings) -> Hub:
                        on_recover=lambda: hub.storage_recovered(where))
 
     topics = TopicStore(settings.history.with_name(f"{settings.history.stem}.topics.json"))
-    hub = Hub(LocalBroker(HistoryShelf(history_for), topics), AdminStore(settings.admins))
+    hub = Hub(LocalBroker(HistoryShelf(history_for), topics), AdminStore(settings.admins),
+              presence_summary=settings.presence_summary)
     hub.max_rooms = settings.max_rooms
     return hub
 
@@ -436,7 +437,8 @@ def _build_cluster_hub(settings: Settings) -> Hub:
                          presence_ttl=settings.presence_ttl)
     broker.check()
     log.info("cluster node %s on Redis %s", node, _safe_url(settings.redis_url))
-    return Hub(broker, AdminStore(settings.admins), directory=broker)
+    return Hub(broker, AdminStore(settings.admins), directory=broker,
+               presence_summary=settings.presence_summary)
 
 
 def _safe_url(url: str) -> str:

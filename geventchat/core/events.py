@@ -109,6 +109,18 @@ class Joined:
 
 
 @dataclass(slots=True)
+class PresenceSummary:
+    """``count`` users ``kind`` (``"joined"`` or ``"left"``) ``room`` in one burst, told as
+    one line in a big room (``core.presence``); ``names``: the first few of them."""
+
+    room: str
+    kind: str
+    count: int
+    names: tuple[str, ...]
+    time: datetime = field(default_factory=now)
+
+
+@dataclass(slots=True)
 class Left:
     """``name`` left ``room`` but stays connected (IRC PART, native ``/join`` elsewhere)."""
 
@@ -241,7 +253,8 @@ class Error:
 STORED = {"message": Message, "action": Action, "cleared": Cleared}
 
 Event = (
-    Message | Action | PrivateMessage | RoomNotice | Invited | Joined | Left | Quit | Kicked
+    Message | Action | PrivateMessage | RoomNotice | Invited | Joined | PresenceSummary
+    | Left | Quit | Kicked
     | Killed | Topic | Renamed | Cleared | ModeChanged | HistoryMark | Shutdown | Notice
     | Prompt | Error
 )

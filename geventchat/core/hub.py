@@ -30,6 +30,7 @@ from geventchat.core.broker import Broker
 from geventchat.core.directory import Directory, LocalDirectory
 from geventchat.core.errors import ChatError
 from geventchat.core.modes import RoomModes
+from geventchat.core.presence import PRESENCE_SUMMARY, FoldedBatch
 from geventchat.core.stats import STATS
 from geventchat.core.text import name_key
 
@@ -74,6 +75,8 @@ class Renderer(Protocol):
 
     name: str
     shared: bool
+    #: Wants long runs of joins and leaves in big rooms folded (``core.presence``).
+    summarizes: bool
 
     def render(self, event: ev.Event) -> bytes: ...
 
@@ -158,8 +161,11 @@ class Room:
     :meth:`deliver`, and one loop pass later :meth:`flush` renders and sends it.
     """
 
-    def __init__(self, name: str, broker: Broker) -> None:
+    def __init__(self, name: str, broker: Broker,
+                 summary_above: int = PRESENCE_SUMMARY) -> None:
         self.name = name
+        #: Members above which presence runs are folded for ``summarizes`` renderers.
+        self.summary_above = summary_above
         self.key = name_key(name)
         self.broker = broker
         self.topic = ""
@@ -288,6 +294,7 @@ class Room:
         if self._timer is not None:
             self._cancel_timer()
         events = self._pending
+        folded = self._fold(events)
         if events:
             self._pending = []
             self._spoken = 0
@@ -295,7 +302,8 @@ class Room:
             speakers = _speakers(events)
             for proto, members in self._targets.items():
                 if proto.shared:
-                    data = proto.render_many(events)
+                    data = proto.render_many(folded.events() if folded and proto.summarizes
+                                             else events)
                     n = len(outputs[proto])  # counted per batch, never per delivery
                     STATS.deliveries += n
                     STATS.bytes_out += n * len(data)
@@ -321,7 +329,15 @@ class Room:
                         STATS.bytes_out += len(data)
                     STATS.deliveries += len(members)
         if self._fresh:
-            self._admit(events)
+            self._admit(events, folded)
+
+    def _fold(self, events: list[ev.Event]) -> FoldedBatch | None:
+        """The batch with its presence runs folded, if this room is big enough and the
+        batch has any to fold."""
+        if not (self.summary_above and len(self.members) > self.summary_above and events):
+            return None
+        folded = FoldedBatch(events, self.name)
+        return folded if folded.folded else None
 
     def _build_outputs(self) -> dict[Renderer, list[Output]]:
         """Outputs per protocol as plain lists, the fan-out loop's cheapest form; rebuilt
@@ -330,7 +346,7 @@ class Room:
                          for proto, members in self._targets.items()}
         return self._outputs
 
-    def _admit(self, events: list[ev.Event]) -> None:
+    def _admit(self, events: list[ev.Event], folded: FoldedBatch | None) -> None:
         """Newcomers get the part of the batch that came after their join, then become
         ordinary fan-out targets."""
         fresh, self._fresh = self._fresh, {}
@@ -342,7 +358,9 @@ class Room:
         for key, (session, skip) in fresh.items():
             if len(events) > skip:
                 proto = session.proto
-                if proto.shared and len(fresh) > 1:
+                if folded is not None and proto.summarizes:
+                    session.out.write(proto.render_many(folded.tail(skip)))
+                elif proto.shared and len(fresh) > 1:
                     rendered = lines.get(proto)
                     if rendered is None:
                         rendered = lines[proto] = [proto.render(e) for e in events]
@@ -485,8 +503,11 @@ class Hub:
     server_name = "geventchat"
 
     def __init__(self, broker: Broker, admins: AdminDirectory,
-                 directory: Directory | None = None) -> None:
+                 directory: Directory | None = None,
+                 presence_summary: int = PRESENCE_SUMMARY) -> None:
         self.broker = broker
+        #: Rooms above this many members fold presence runs (``core.presence``; 0: never).
+        self.presence_summary = presence_summary
         self.admins = admins
         self.directory: Directory = directory or LocalDirectory()
         self.users: dict[str, Session] = {}
@@ -511,7 +532,7 @@ class Hub:
         key = name_key(name)
         room = self.rooms.get(key)
         if room is None:
-            room = self.rooms[key] = Room(name, self.broker)
+            room = self.rooms[key] = Room(name, self.broker, self.presence_summary)
             self.broker.open(room)
         return room
 

@@ -51,7 +51,10 @@ def sniff(sock: socket.socket, timeout: float) -> tuple[str, bytes]:
     then sees EOF at once. Only this greenlet waits."""
     if timeout <= 0:
         return NATIVE, b""
-    pending = getattr(sock, "pending", None)  # TLS: bytes may already be decrypted
+    # TLS: bytes may already be decrypted. Looked up on the class: a plain gevent socket
+    # forwards unknown attributes to the OS socket, and that miss raises (a storm's cost).
+    tls = getattr(type(sock), "pending", None) is not None
+    pending = sock.pending if tls else None
     if pending is None:
         # Plain socket: a program sends its first line with the connection, so look
         # before waiting (no watcher, no timer: a registration storm is mostly this case).

@@ -498,6 +498,9 @@ class IrcRenderer:
 
     name: ClassVar[str] = "irc"
 
+    #: One JOIN/PART per user: IRC clients keep their nick lists from them.
+    summarizes: ClassVar[bool] = False
+
     @property
     def shared(self) -> bool:
         return self.echo

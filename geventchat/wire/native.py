@@ -158,6 +158,12 @@ def _render_kicked(e: ev.Kicked | ev.Killed) -> str:
     return f"* {e.name} was kicked{where} by {e.by}" + (f": {e.reason}" if e.reason else "")
 
 
+def _render_summary(e: ev.PresenceSummary) -> str:
+    more = e.count - len(e.names)
+    return f"* {e.count:d} {e.kind}: {', '.join(e.names)}" + (f" and {more:d} more" if more
+                                                               else "")
+
+
 def _render_topic(e: ev.Topic) -> str:
     if e.text:
         return f"* {e.by} set the topic of {e.room}: {_plain(e.text)}"
@@ -173,6 +179,7 @@ _RENDERERS: Final = {
     ev.RoomNotice: lambda e: f"{e.name}: {_plain(e.text)}",
     ev.Invited: lambda e: f"* {e.by} invites you to {e.room}: /join {e.room}",
     ev.Joined: lambda e: f"* {e.name} joined",
+    ev.PresenceSummary: _render_summary,
     ev.Left: lambda e: f"* {e.name} left{_reason(e.reason)}",
     ev.Quit: lambda e: f"* {e.name} left{_reason(e.reason)}",
     ev.Kicked: _render_kicked,
@@ -219,6 +226,8 @@ class NativeRenderer:
     says where the room's history stands (docs/PROTOCOL.md, "Resuming")."""
 
     shared = True
+    #: Big rooms' join and leave storms come folded into summary lines (core.presence).
+    summarizes = True
 
     def __init__(self, ids: bool = False) -> None:
         self.ids = ids

@@ -120,6 +120,8 @@ class WebRenderer:
 
     name = "web"
     shared = True
+    #: One join/leave event per user: the page keeps its member list from them.
+    summarizes = False
 
     def __init__(self) -> None:
         # Replayed history per room, keyed by the room's history version (as natively).

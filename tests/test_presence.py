@@ -1,0 +1,169 @@
+"""Presence in big rooms (core.presence): long runs of joins and leaves reach native readers
+as summary lines; IRC keeps one JOIN per user. Unit tests of the pure folding, then a real
+server with a small --presence-summary, native and IRC readers on raw sockets."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from geventchat.core import events as ev
+from geventchat.core.presence import NAMES_SHOWN, RUN_MIN, FoldedBatch
+from geventchat.wire.native import NATIVE
+from tests.helpers import TIMEOUT
+
+
+def _text(events: list[ev.Event]) -> list[str]:
+    return NATIVE.render_many(events).decode().splitlines()
+
+
+def _joins(*names: str) -> list[ev.Event]:
+    return [ev.Joined(n, "big") for n in names]
+
+
+def test_short_runs_are_told_one_by_one() -> None:
+    events = _joins(*"abc") + [ev.Message("a", "hi", "big")] + _joins("d")
+    batch = FoldedBatch(events, "big")
+    assert not batch.folded
+    assert _text(batch.events()) == ["* a joined", "* b joined", "* c joined", "a: hi",
+                                     "* d joined"]
+
+
+def test_a_long_run_becomes_one_line_with_the_first_names() -> None:
+    names = [f"u{i}" for i in range(523)]
+    batch = FoldedBatch(_joins(*names), "big")
+    assert batch.folded
+    assert _text(batch.events()) == ["* 523 joined: u0, u1, u2 and 520 more"]
+
+
+def test_chat_lines_keep_their_place_between_runs() -> None:
+    events = (_joins(*"abcde") + [ev.Message("a", "first", "big")]
+              + [ev.Quit(n, "gone") for n in "vwxyz"] + [ev.Message("b", "second", "big")])
+    assert _text(FoldedBatch(events, "big").events()) == [
+        "* 5 joined: a, b, c and 2 more", "a: first", "* 5 left: v, w, x and 2 more",
+        "b: second"]
+
+
+def test_a_mixed_run_tells_last_what_happened_last() -> None:
+    events = [ev.Left("a", "", "big")] + _joins("b", "c", "d", "a")
+    assert _text(FoldedBatch(events, "big").events()) == ["* 1 left: a",
+                                                          "* 4 joined: b, c, d and 1 more"]
+    events = _joins("b", "c", "d", "a") + [ev.Left("a", "", "big")]
+    assert _text(FoldedBatch(events, "big").events()) == ["* 4 joined: b, c, d and 1 more",
+                                                          "* 1 left: a"]
+
+
+def test_kicks_are_never_folded() -> None:
+    events = _joins(*"abcd") + [ev.Kicked("e", "op", "", "big")] + _joins("f")
+    lines = _text(FoldedBatch(events, "big").events())
+    assert lines == ["* 4 joined: a, b, c and 1 more", "* e was kicked from big by op",
+                     "* f joined"]
+
+
+_EVENT = st.sampled_from(["join", "leave", "quit", "say"])
+
+
+@given(st.lists(_EVENT, max_size=40), st.data())
+def test_every_newcomers_tail_is_the_fold_of_what_came_after_it(kinds, data) -> None:
+    """``tail(k)`` (what newcomer k reads, in O(pieces)) equals folding ``events[k:]``."""
+    make = {"join": lambda i: ev.Joined(f"n{i}", "big"),
+            "leave": lambda i: ev.Left(f"n{i}", "", "big"),
+            "quit": lambda i: ev.Quit(f"n{i}", "x"),
+            "say": lambda i: ev.Message(f"n{i}", f"line {i}", "big")}
+    events = [make[k](i) for i, k in enumerate(kinds)]
+    batch = FoldedBatch(events, "big")
+    skip = data.draw(st.integers(0, len(events)))
+    assert _text(batch.tail(skip)) == _text(FoldedBatch(events[skip:], "big").events())
+    # Nobody is lost: each summary's count plus the itemized joins and leaves add up.
+    told = 0
+    for e in batch.tail(skip):
+        if type(e) is ev.PresenceSummary:
+            assert e.count > 0 and len(e.names) == min(e.count, NAMES_SHOWN)
+            told += e.count
+        elif type(e) is not ev.Message:
+            told += 1
+    assert told == sum(k != "say" for k in kinds[skip:])
+
+
+def test_run_min_is_the_documented_size() -> None:
+    assert RUN_MIN == 3 and NAMES_SHOWN == 3
+
+
+# --- a real server --------------------------------------------------------------------------
+
+_SUMMARY = re.compile(r"\* (\d+) joined: (.+?)(?: and (\d+) more)?")
+
+
+def _irc_lobby(port: int, nick: str) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    s.sendall(f"NICK {nick}\r\nUSER {nick} 0 * :{nick}\r\nJOIN #lobby\r\n".encode())
+    _read_until(s, lambda buf: f"366 {nick} #lobby".encode() in buf)
+    return s
+
+
+def _read_until(s: socket.socket, done, buf: bytes = b"") -> bytes:
+    deadline = time.monotonic() + TIMEOUT
+    while not done(buf):
+        left = deadline - time.monotonic()
+        assert left > 0, f"timed out; have {buf[-300:]!r}"
+        s.settimeout(left)
+        chunk = s.recv(65536)
+        assert chunk, "connection closed"
+        buf += chunk
+    return buf
+
+
+def test_a_crowd_reads_as_summaries_to_natives_and_as_joins_to_irc(make_srv) -> None:
+    srv = make_srv("--presence-summary", "3", "--rate-limit", "0")
+    watcher = srv.connect("watcher")
+    irc = _irc_lobby(srv.port, "ircwatch")
+    others = [srv.connect(f"early{i}") for i in range(2)]  # the lobby has 4 > 3 members
+    watcher.expect("* early1 joined")
+    crowd = [f"crowd{i}" for i in range(40)]
+    socks = [socket.create_connection(("127.0.0.1", srv.port), timeout=TIMEOUT)
+             for _ in crowd]
+    for s, name in zip(socks, crowd, strict=True):  # names at once, as programs send them
+        s.sendall(f"{name}\n".encode())
+    # The native watcher: every newcomer is accounted for, mostly in summary lines.
+    counted, seen, lines = 0, set(), []
+    while counted < len(crowd):
+        line = watcher.line()
+        lines.append(line)
+        if (m := _SUMMARY.fullmatch(line)) is not None:
+            counted += int(m.group(1))
+            seen.update(m.group(2).split(", "))
+        elif (m := re.fullmatch(r"\* (crowd\d+) joined", line)) is not None:
+            counted += 1
+            seen.add(m.group(1))
+    assert counted == len(crowd) and seen <= set(crowd)
+    assert any(_SUMMARY.fullmatch(x) for x in lines), lines
+    assert len(lines) < len(crowd), "a crowd must not cost one line per join"
+    # IRC: one JOIN per newcomer, whatever the room's size.
+    buf = _read_until(irc, lambda b: all(f":{n}!".encode() in b for n in crowd))
+    assert sum(f":{n}!".encode() in buf for n in crowd) == len(crowd)
+    assert b" joined: " not in buf
+    # A chat line after the storm still reaches everyone, newcomers included.
+    others[0].send("after the crowd")
+    watcher.expect("early0: after the crowd")
+    for s in socks:
+        _read_until(s, lambda b: b"early0: after the crowd\n" in b)
+    for s in socks:
+        s.close()
+    irc.close()
+
+
+def test_summary_zero_keeps_one_line_per_join(make_srv) -> None:
+    srv = make_srv("--presence-summary", "0", "--rate-limit", "0")
+    watcher = srv.connect("watcher")
+    socks = [socket.create_connection(("127.0.0.1", srv.port), timeout=TIMEOUT)
+             for _ in range(10)]
+    for i, s in enumerate(socks):
+        s.sendall(f"solo{i}\n".encode())
+    got = {watcher.expect(re.compile(r"\* solo\d+ joined"))[-1] for _ in range(10)}
+    assert got == {f"* solo{i} joined" for i in range(10)}
+    for s in socks:
+        s.close()
