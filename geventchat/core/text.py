@@ -96,8 +96,10 @@ def clean(text: str) -> str:
     """Return ``text`` without control characters or bidi controls; tabs become spaces.
 
     This is on the per-line path, so the common case (plain printable text) costs one
-    regex search.
+    ``isprintable`` (every character the regex removes is unprintable).
     """
+    if text.isprintable():
+        return text
     if "\t" in text:
         text = text.replace("\t", " ")
     if _CONTROL.search(text) is None:
