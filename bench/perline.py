@@ -26,7 +26,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import gevent  # noqa: E402
-
 from geventchat.core.broker import LocalBroker  # noqa: E402
 from geventchat.core.hub import Hub, Session  # noqa: E402
 from geventchat.store.history import History, HistoryShelf  # noqa: E402

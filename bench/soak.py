@@ -132,6 +132,17 @@ class Soak:
         self.run_id = run_id
         self.n = args.clients
         self.proc = psutil.Process(tgt.pid) if tgt.pid else None
+        #: The server processes watched: one, or each node of a cluster (``--nodes K
+        #: --redis``), by name, with the log its SIGUSR1 stats line lands in.
+        self.nodes: dict[str, tuple[int, psutil.Process, Any]] = {}
+        if tgt.log_tails:
+            for name, log in tgt.log_tails.items():
+                pid = tgt.pids[name]
+                self.nodes[name] = (pid, psutil.Process(pid), log)
+        elif tgt.pid:
+            self.nodes["server"] = (tgt.pid, psutil.Process(tgt.pid), tgt.log_tail)
+        self.redis = psutil.Process(tgt.pids["redis"]) if "redis" in tgt.pids else None
+        self._next_port = 0
         self.stop = Event()
         self.chat_stop = Event()
         self.samples: list[dict[str, Any]] = []
@@ -149,30 +160,32 @@ class Soak:
     # --- server counters ---------------------------------------------------------------
 
     def server_stats(self) -> dict[str, int]:
-        """SIGUSR1, then the newest ``stats:`` line of the server's log."""
-        if not self.tgt.pid:
-            return {}
-        before = len([x for x in self.tgt.log_tail if "stats:" in x])
-        os.kill(self.tgt.pid, signal.SIGUSR1)
-        deadline = time.monotonic() + 3.0
-        while time.monotonic() < deadline:
-            gevent.sleep(0.02)
-            lines = [x for x in list(self.tgt.log_tail) if "stats:" in x]
-            if len(lines) > before or (lines and before == len(self.tgt.log_tail)):
-                fields = lines[-1].split("stats:", 1)[1].split()
-                return {k: int(v) for k, v in (f.split("=") for f in fields)}
-        return {}
+        """The servers' counters, summed over the nodes of a cluster."""
+        total: dict[str, int] = {}
+        for pid, _, log in self.nodes.values():
+            for key, value in _stats(pid, log).items():
+                total[key] = total.get(key, 0) + value
+        return total
 
     def sample(self, t0: float, phase: str) -> dict[str, Any]:
+        """One sample: RSS, fds, greenlets and users summed over the nodes (one server:
+        its own), each node's own under ``nodes`` in a cluster, Redis's RSS, the p99."""
         lat, self.latencies = self.latencies, []
-        stats = self.server_stats()
+        per_node: dict[str, dict[str, Any]] = {}
+        stats: dict[str, int] = {}
         rss = fds = None
-        if self.proc is not None:
+        for name, (pid, proc, log) in self.nodes.items():
+            node_stats = _stats(pid, log)
+            for key, value in node_stats.items():
+                stats[key] = stats.get(key, 0) + value
             try:
-                rss = self.proc.memory_info().rss
-                fds = self.proc.num_fds()
+                node_rss, node_fds = proc.memory_info().rss, proc.num_fds()
             except psutil.Error:
-                pass
+                continue
+            rss, fds = (rss or 0) + node_rss, (fds or 0) + node_fds
+            per_node[name] = {"rss_mb": round(node_rss / 2**20, 2), "fds": node_fds,
+                              "greenlets": node_stats.get("greenlets"),
+                              "users": node_stats.get("users")}
         s = {
             "t": round(time.monotonic() - t0, 1),
             "phase": phase,
@@ -185,6 +198,13 @@ class Soak:
             "lines": len(lat),
             "churned": self.churned,
         }
+        if len(self.nodes) > 1:
+            s["nodes"] = per_node
+        if self.redis is not None:
+            try:
+                s["redis_rss_mb"] = round(self.redis.memory_info().rss / 2**20, 2)
+            except psutil.Error:
+                pass
         self.samples.append(s)
         return s
 
@@ -196,8 +216,14 @@ class Soak:
 
     def connect(self, kind: str, wait_prompt: bool = False) -> LineClient:
         c = LineClient(self.new_name(kind))
-        c.connect(self.tgt.host, self.tgt.port, wait_prompt, 30.0)
+        c.connect(self.tgt.host, self.next_port(), wait_prompt, 30.0)
         return c
+
+    def next_port(self) -> int:
+        """The port of the next client: in a cluster, each node in turn."""
+        ports = self.tgt.ports or [self.tgt.port]
+        self._next_port += 1
+        return ports[self._next_port % len(ports)]
 
     def observe(self, c: LineClient, index: int) -> None:
         seen = self.seen[index]
@@ -260,7 +286,8 @@ class Soak:
         token = None
         try:
             c = LineClient(self.new_name("c"))
-            c.connect(self.tgt.host, self.tgt.port, self.args.soak_wait_prompt, SNIFF_WAIT_S * 6)
+            c.connect(self.tgt.host, self.next_port(), self.args.soak_wait_prompt,
+                      SNIFF_WAIT_S * 6)
             live = random.uniform(0.5, 2 * self.pool_life)
             gevent.sleep(live / 2)
             if not self.chat_stop.is_set():
@@ -325,9 +352,11 @@ def run_soak(args: argparse.Namespace, lt: Any) -> dict[str, Any]:
     engine = lt.choose_engine(args.engine)
     conns = n + 200
     nworkers, note = lt.workers_needed(args.workers, stable)
-    plans = workers.plan_workers(stable, 0, min(nworkers, stable), run_id)
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     with lt.open_target(args, conns) as tgt:
+        # A cluster: at least one worker per node (worker i connects to node i mod K).
+        nworkers = max(nworkers, len(tgt.ports))
+        plans = workers.plan_workers(stable, 0, min(nworkers, stable), run_id)
         warnings = [w for w in (note, target.nofile_warning(tgt.pid, conns)) if w]
         warnings += tgt.warnings
         for w in warnings:
@@ -400,6 +429,23 @@ def run_soak(args: argparse.Namespace, lt: Any) -> dict[str, Any]:
                    time.monotonic() - t_start, warnings)
 
 
+def _stats(pid: int, log: Any) -> dict[str, int]:
+    """SIGUSR1 to one server, then the newest ``stats:`` line of its log."""
+    before = len([x for x in log if "stats:" in x])
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except OSError:
+        return {}
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        gevent.sleep(0.02)
+        lines = [x for x in list(log) if "stats:" in x]
+        if len(lines) > before or (lines and before == len(log)):
+            fields = lines[-1].split("stats:", 1)[1].split()
+            return {k: int(v) for k, v in (f.split("=") for f in fields)}
+    return {}
+
+
 def _cpu(p: psutil.Process) -> float:
     try:
         t = p.cpu_times()
@@ -420,6 +466,11 @@ def verdict(args: argparse.Namespace, soak: Soak, baseline: dict, warm_rss: floa
         if abs(rss_drift) > 5:
             problems.append(f"RSS moved {rss_drift:+.1f}% from the warm-up ({warm_rss} MB) "
                             f"to the end ({end_rss} MB)")
+    node_drift = _node_drift(soak.samples)
+    for name, drift in node_drift.items():
+        if abs(drift["pct"]) > 5:
+            problems.append(f"{name}: RSS moved {drift['pct']:+.1f}% from the warm-up "
+                            f"({drift['warmup_mb']} MB) to the end ({drift['end_mb']} MB)")
     for key in ("fds", "greenlets"):  # back to the baseline: not above it
         if baseline.get(key) is not None and (after.get(key) or 0) > baseline[key]:
             problems.append(f"{key}: {after.get(key)} after the clients left, "
@@ -463,6 +514,7 @@ def verdict(args: argparse.Namespace, soak: Soak, baseline: dict, warm_rss: floa
         "rss_warmup_mb": warm_rss,
         "rss_end_mb": end_rss,
         "rss_drift_pct": rss_drift,
+        "node_rss_drift": node_drift,
         "p99_first_quarter_ms": first,
         "p99_last_quarter_ms": last,
         "generator_cpu_pct": round(gen_cpu / wall * 100, 1) if wall else None,
@@ -478,6 +530,20 @@ def verdict(args: argparse.Namespace, soak: Soak, baseline: dict, warm_rss: floa
     return result
 
 
+def _node_drift(samples: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """A cluster's RSS drift per node: the last warm-up sample against the last one."""
+    warm = [x for x in samples if x["phase"] == "warmup" and x.get("nodes")]
+    end = [x for x in samples if x["phase"] == "soak" and x.get("nodes")]
+    out: dict[str, dict[str, float]] = {}
+    if warm and end:
+        for name, w in warm[-1]["nodes"].items():
+            e = end[-1]["nodes"].get(name)
+            if e and w.get("rss_mb"):
+                out[name] = {"warmup_mb": w["rss_mb"], "end_mb": e["rss_mb"],
+                             "pct": round((e["rss_mb"] - w["rss_mb"]) / w["rss_mb"] * 100, 2)}
+    return out
+
+
 def plot(r: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -490,13 +556,21 @@ def plot(r: dict[str, Any], path: Path) -> None:
     for ax, key, label in zip(axes, ("rss_mb", "fds", "greenlets", "p99_ms"),
                               ("server RSS (MB)", "open fds", "greenlets",
                                "delivered p99 (ms)"), strict=True):
-        ax.plot(t, [x[key] for x in s], lw=1)
+        names = sorted(s[0].get("nodes", {})) if s else []
+        if names and key != "p99_ms":
+            for name in names:
+                ax.plot(t, [x.get("nodes", {}).get(name, {}).get(key) for x in s], lw=1,
+                        label=name)
+            ax.legend(loc="lower right", fontsize="small")
+        else:
+            ax.plot(t, [x[key] for x in s], lw=1)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         if r["warmup_s"]:
             ax.axvline(r["warmup_s"] / 60, color="grey", ls="--", lw=0.8)
     axes[-1].set_xlabel("minutes (dashed: end of warm-up)")
-    fig.suptitle(f"soak: {r['clients']} clients, {r['churn_per_s']:g} replaced/s, "
+    where = f"{len(r['node_rss_drift'])} nodes + Redis, " if r.get("node_rss_drift") else ""
+    fig.suptitle(f"soak: {where}{r['clients']} clients, {r['churn_per_s']:g} replaced/s, "
                  f"{r['chat_rate']:g} lines/s, {r['soak_s'] / 60:g} min after "
                  f"{r['warmup_s'] / 60:g} min warm-up")
     fig.tight_layout()
@@ -520,6 +594,9 @@ def summary(r: dict[str, Any]) -> str:
         f"  generator CPU {r['generator_cpu_pct']}% of a core; load average "
         f"{' '.join(f'{x:.2f}' for x in r['load_avg'])}",
     ]
+    for name, d in (r.get("node_rss_drift") or {}).items():
+        lines.insert(2, f"  {name:8s} RSS {d['warmup_mb']} MB after warm-up, {d['end_mb']} MB "
+                        f"at the end ({d['pct']}%)")
     lines += [f"  warning  {w}" for w in r["warnings"]]
     lines += [f"!!! {p}" for p in r["problems"]]
     return "\n".join(lines)

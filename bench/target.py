@@ -91,6 +91,8 @@ class Target:
     #: them) and every process to watch, by name (nodes and Redis).
     ports: list[int] = field(default_factory=list)
     pids: dict[str, int] = field(default_factory=dict)
+    #: A cluster: each node's log, by the name in ``pids`` (its SIGUSR1 stats land there).
+    log_tails: dict[str, deque[str]] = field(default_factory=dict)
 
 
 _HELP_CACHE: dict[tuple[str, ...], str] = {}
@@ -349,7 +351,8 @@ class ClusterProcesses:
         pids["redis"] = redis.pid
         return Target(first.host, first.port, first.pid, True, first.log_tail,
                       command=self.cmd + ["--redis", url], ports=[t.port for t in targets],
-                      pids=pids)
+                      pids=pids,
+                      log_tails={f"node{i}": t.log_tail for i, t in enumerate(targets)})
 
     def __exit__(self, *exc: object) -> None:
         for server in self.servers:
