@@ -11,6 +11,7 @@ import time
 from hypothesis import given
 from hypothesis import strategies as st
 
+from geventchat.core import actions
 from geventchat.core import events as ev
 from geventchat.core.presence import NAMES_SHOWN, RUN_MIN, FoldedBatch
 from geventchat.wire.native import NATIVE
@@ -167,3 +168,82 @@ def test_summary_zero_keeps_one_line_per_join(make_srv) -> None:
     assert got == {f"* solo{i} joined" for i in range(10)}
     for s in socks:
         s.close()
+
+
+# --- big presence batches go out in slices (core.hub._Drain) ---------------------------------
+
+
+def _crowd(monkeypatch, members: int):
+    from geventchat.core import hub as hub_module
+    from tests.test_seams import make_hub, user
+
+    monkeypatch.setattr(hub_module, "FLUSH_SLICE", 10)
+    hub = make_hub()
+    hub.presence_summary = 0  # one line per join: easy to count
+    room = hub.lobby
+    room.summary_above = 0
+    sessions = [user(hub, f"m{i}") for i in range(members)]
+    for s in sessions:
+        hub.join(s, room)
+    room.flush()
+    for s in sessions:
+        s.out.data.clear()
+    return hub, room, sessions
+
+
+def _lines(session) -> list[str]:
+    return session.out.data.decode().splitlines()
+
+
+def test_a_big_join_batch_goes_out_in_slices_and_reaches_everyone_once(monkeypatch) -> None:
+    from tests.test_seams import run_loop, user
+
+    hub, room, sessions = _crowd(monkeypatch, 45)
+    newcomer = user(hub, "late")
+    hub.join(newcomer, room)
+    room.flush()
+    reached = sum("* late joined" in _lines(s) for s in sessions)
+    assert reached == 10, "the first slice only, in this pass"
+    run_loop()
+    assert all(_lines(s) == ["* late joined"] for s in sessions)
+
+
+def test_a_line_said_mid_drain_keeps_the_order_and_the_speaker_goes_first(monkeypatch) -> None:
+    from tests.test_seams import user
+
+    hub, room, sessions = _crowd(monkeypatch, 45)
+    hub.join(user(hub, "late"), room)
+    room.flush()  # the first slice is out, the rest waits for the loop
+    speaker = sessions[-1]  # last in the join order: not reached by the first slice
+    writes: list[str] = []
+    for s in sessions:
+        s.out.on_write = (lambda who: lambda: writes.append(who))(s.name)
+    actions.say(hub, speaker, room, "hello")
+    room.flush()
+    assert writes[0] == speaker.name, "the speaker's echo is the first write"
+    for s in sessions:
+        assert _lines(s) == ["* late joined", f"{speaker.name}: hello"], s.name
+
+
+def test_a_leaver_mid_drain_gets_no_more_of_it(monkeypatch) -> None:
+    from tests.test_seams import run_loop, user
+
+    hub, room, sessions = _crowd(monkeypatch, 45)
+    hub.join(user(hub, "late"), room)
+    room.flush()
+    gone = sessions[-1]
+    room.leave(gone, ev.Left(gone.name, "", room.name))
+    run_loop()
+    assert _lines(gone) == []
+    assert all("* late joined" in _lines(s) for s in sessions[:-1])
+
+
+def test_a_private_line_mid_drain_comes_after_the_drained_batch(monkeypatch) -> None:
+    from tests.test_seams import user
+
+    hub, room, sessions = _crowd(monkeypatch, 45)
+    hub.join(user(hub, "late"), room)
+    room.flush()
+    target = sessions[-1]
+    target.send(ev.Notice("just for you"))
+    assert _lines(target) == ["* late joined", "* just for you"]

@@ -47,6 +47,11 @@ PRESENCE_DELAY_MAX = 2.0
 PRESENCE_MEMBERS = 500  # members per PRESENCE_DELAY of waiting
 
 
+#: A batch of only joins and leaves for more members than this goes out a slice of this
+#: many writes per loop pass (:class:`_Drain`): a big room's presence flush (10,000 sends,
+#: 50-80 ms) would otherwise hold the loop, and every line said meanwhile waited for it.
+FLUSH_SLICE = 1000
+
 _SPOKEN = (ev.Message, ev.Action)
 _NO_EXTRA: Mapping[str, object] = MappingProxyType({})
 
@@ -55,6 +60,48 @@ def _speakers(events: list[ev.Event]) -> list[str]:
     """Keys of those who said something in a batch, in the order they first spoke."""
     names = dict.fromkeys(e.name for e in events if type(e) in _SPOKEN)  # one key per name
     return list(dict.fromkeys(name_key(name) for name in names))
+
+
+class _Drain:
+    """A join/leave batch on its way to a big room's members, a slice per loop pass.
+
+    Order is kept: any later flush of the room first completes the drain, except that the
+    later batch's speakers get the rest of this one and their own line in one write
+    before anyone else (a typist's echo never waits for a crowd's join notices)."""
+
+    __slots__ = ("plan", "todo", "served", "timer", "_owner")
+
+    def __init__(self, plan: list[tuple[Renderer, bytes, list[Output]]]) -> None:
+        self.plan = plan
+        self.todo = ((out, data) for _, data, outs in plan for out in outs)
+        self.served: set[Output] = set()  # written already (in order, or a speaker early)
+        self.timer: object | None = None
+        self._owner: dict[Output, bytes] | None = None  # built only if a speaker asks
+
+    def step(self, limit: int | None) -> bool:
+        """Write to up to ``limit`` more members (None: all of them); True when done."""
+        served = self.served
+        count = 0
+        for out, data in self.todo:
+            if out not in served:
+                served.add(out)
+                out.write(data)
+                count += 1
+                if limit is not None and count >= limit:
+                    return False
+        return True
+
+    def take(self, out: Output) -> bytes:
+        """This member's part of the drain if it has not had it (it then counts as
+        served); nothing for a member that joined after the batch."""
+        if out in self.served:
+            return b""
+        if self._owner is None:
+            self._owner = {o: data for _, data, outs in self.plan for o in outs}
+        data = self._owner.get(out, b"")
+        if data:
+            self.served.add(out)
+        return data
 
 
 class Output(Protocol):
@@ -189,6 +236,7 @@ class Room:
         self._again = False
         self._spoken = 0  # pending events up to here include more than joins and leaves
         self._timer = None  # pending presence flush (a loop timer), if any
+        self._drain: _Drain | None = None  # a join/leave batch still going out in slices
         self.version = 0  # bumped whenever the history changes (replay caches key on it)
         self._names: tuple[int, list[str]] | None = None  # sorted names per membership
         self._membership = 0  # bumped at every join, leave and rename
@@ -294,12 +342,18 @@ class Room:
         if self._timer is not None:
             self._cancel_timer()
         events = self._pending
+        presence_only = self._spoken == 0
+        if self._drain is not None and (not events or presence_only):
+            self._end_drain()  # the earlier batch reaches everyone before anything else
         folded = self._fold(events)
         if events:
             self._pending = []
             self._spoken = 0
             outputs = self._outputs or self._build_outputs()
             speakers = _speakers(events)
+            plan: list[tuple[Renderer, bytes, list[Output]]] | None = None
+            if presence_only and sum(len(outputs[p]) for p in outputs if p.shared) > FLUSH_SLICE:
+                plan = []  # a big room's joins and leaves: out in slices (_Drain)
             for proto, members in self._targets.items():
                 if proto.shared:
                     data = proto.render_many(folded.events() if folded and proto.summarizes
@@ -307,13 +361,19 @@ class Room:
                     n = len(outputs[proto])  # counted per batch, never per delivery
                     STATS.deliveries += n
                     STATS.bytes_out += n * len(data)
+                    if plan is not None:
+                        plan.append((proto, data, outputs[proto]))
+                        continue
                     # This batch's speakers are served first, in the order they spoke: a
                     # typist sees their own line at once, and no member's place in the
                     # room decides who gets to speak next (a fixed order would favour the
                     # same senders every time). Everyone else follows in the same pass.
                     first = [members[k].out for k in speakers if k in members]
+                    drain = self._drain
                     for out in first:
-                        out.write(data)
+                        out.write(drain.take(out) + data if drain is not None else data)
+                    if drain is not None:
+                        self._end_drain()
                     if first:
                         served = set(first)
                         for out in outputs[proto]:
@@ -328,8 +388,35 @@ class Room:
                         member.out.write(data)
                         STATS.bytes_out += len(data)
                     STATS.deliveries += len(members)
+            if plan:
+                self._drain = _Drain(plan)
+                self._drain_step()
         if self._fresh:
             self._admit(events, folded)
+
+    def _drain_step(self) -> None:
+        """One slice of the join/leave batch going out; the next one a loop pass later
+        (a timer: other greenlets' reads come first)."""
+        drain = self._drain
+        if drain is None:
+            return
+        if drain.step(FLUSH_SLICE):
+            self._end_drain()
+            return
+        if drain.timer is not None:
+            drain.timer.close()
+        drain.timer = self._loop.timer(0.0)
+        drain.timer.start(self._drain_step)
+
+    def _end_drain(self) -> None:
+        """Write what is left of the drain to everyone, now."""
+        drain, self._drain = self._drain, None
+        if drain is None:
+            return
+        if drain.timer is not None:
+            drain.timer.stop()
+            drain.timer.close()
+        drain.step(None)
 
     def _fold(self, events: list[ev.Event]) -> FoldedBatch | None:
         """The batch with its presence runs folded, if this room is big enough and the
@@ -429,6 +516,8 @@ class Room:
 
     def _remove(self, session: Session) -> None:
         self._outputs = None
+        if self._drain is not None:  # a leaver need not hear the others' joins and leaves
+            self._drain.served.add(session.out)
         self._membership += 1
         self.members.pop(session.key, None)
         self._fresh.pop(session.key, None)
