@@ -193,6 +193,8 @@ class Soak:
             "fds": fds,
             "greenlets": stats.get("greenlets"),
             "users": stats.get("users"),
+            "objects": stats.get("objects"),  # gc-tracked Python objects (a leak shows)
+            "blocks": stats.get("blocks"),  # pymalloc blocks in use
             "p50_ms": round(_pct(lat, 50), 2) if lat else None,
             "p99_ms": round(_pct(lat, 99), 2) if lat else None,
             "lines": len(lat),
