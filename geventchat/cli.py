@@ -274,6 +274,14 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"geventchat: {exc}", file=sys.stderr)
         return 2
 
+    import gevent
+
+    # A server spawns a greenlet per connection: gevent's default of recording where each
+    # was spawned (a chain of frame records per greenlet, for debugging) is memory every
+    # connection pays and nobody reads. The entry point decides; the library never does.
+    if "GEVENT_TRACK_GREENLET_TREE" not in os.environ:
+        gevent.config.track_greenlet_tree = False
+
     from geventchat.server import ListenError, serve
     from geventchat.store.admins import AdminFileError
     from geventchat.store.history import HistoryLockedError
