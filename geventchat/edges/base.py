@@ -83,27 +83,26 @@ def yield_to_others() -> None:
     gevent.sleep(YIELD_PAUSE)
 
 
-def read_lines(
-    sock: socket.socket,
-    decoder: Decoder,
-    handle: Callable[[list], None],
-    is_open: Callable[[], bool],
-    heard: Callable[[], None],
-) -> None:
-    """The reader greenlet's loop, for every protocol: read until EOF, an error or
-    ``is_open()`` turning false; hand each chunk's decoded lines to ``handle``; call
-    ``heard()`` whenever the peer sent anything (idle and keepalive clocks)."""
+def read_lines(conn: ClientConnection) -> None:
+    """The reader greenlet's loop, for every protocol: read ``conn.sock`` until EOF, an
+    error or ``conn.is_open()`` turning false; hand each chunk's lines, decoded by
+    ``conn.decoder``, to ``conn.handle``; call ``conn.heard()`` whenever the peer sent
+    anything (idle and keepalive clocks).
+
+    It takes the connection rather than its bound methods: this frame lives as long as
+    the connection, and each method object kept in it would cost every client 64 bytes."""
+    sock, decoder = conn.sock, conn.decoder
     buf, view = _RECV_BUFFER, _RECV_VIEW
-    while is_open():
+    while conn.is_open():
         try:
             n = sock.recv_into(buf)
         except OSError:
             return
-        heard()
+        conn.heard()
         if not n:
-            handle(decoder.close())
+            conn.handle(decoder.close())
             return
-        handle(decoder.feed(view[:n].tobytes()))
+        conn.handle(decoder.feed(view[:n].tobytes()))
         if n == RECV_SIZE:
             yield_to_others()
 
@@ -199,7 +198,7 @@ class ClientConnection:
             if first:
                 self.heard()
                 self.handle(self.decoder.feed(first))
-            read_lines(self.sock, self.decoder, self.handle, self.is_open, self.heard)
+            read_lines(self)
         except Exception:
             log.exception("%s connection %s failed", self.protocol, self.addr)
         finally:
