@@ -18,6 +18,7 @@ from __future__ import annotations
 import socket
 import ssl
 from collections.abc import Callable
+from types import MethodType
 
 import gevent
 import gevent.ssl
@@ -43,7 +44,7 @@ class Output:
 
     __slots__ = (
         "_sock", "_raw", "_backlog", "_queued", "_limit", "_watcher", "_drained",
-        "closed", "on_dead", "_tls", "_greenlet", "_direct", "_send",
+        "closed", "_on_dead", "_dead_owner", "_tls", "_greenlet", "_direct",
     )
 
     def __init__(
@@ -67,7 +68,6 @@ class Output:
         self._tls = isinstance(sock, ssl.SSLSocket | gevent.ssl.SSLSocket)
         # True while a write may go straight to the kernel: plain socket, open, no backlog.
         self._direct = not self._tls
-        self._send = self._raw.send
         self._greenlet: gevent.Greenlet | None = None
 
     def write(self, data: bytes) -> None:
@@ -78,7 +78,7 @@ class Output:
         """
         if self._direct:
             try:
-                sent = self._send(data)
+                sent = self._raw.send(data)
             except BlockingIOError:
                 sent = 0
             except OSError as exc:
@@ -100,6 +100,21 @@ class Output:
         self._queued += len(data)
         if self._queued > self._limit:
             self._die(f"sendq exceeded ({self._queued} bytes queued)")
+
+    @property
+    def on_dead(self) -> Callable[[str], None] | None:
+        owner = self._dead_owner
+        return self._on_dead if owner is None else MethodType(self._on_dead, owner)
+
+    @on_dead.setter
+    def on_dead(self, callback: Callable[[str], None] | None) -> None:
+        # A bound method (the usual case: the connection's) is kept as its function and
+        # its object, so tens of thousands of idle outputs keep no method object each
+        # (64 bytes apiece); it is called exactly as before.
+        if isinstance(callback, MethodType):
+            self._on_dead, self._dead_owner = callback.__func__, callback.__self__
+        else:
+            self._on_dead, self._dead_owner = callback, None
 
     def drain(self, timeout: float | None) -> bool:
         """Wait (this greenlet only) until the backlog is empty; True if it emptied."""
@@ -187,5 +202,7 @@ class Output:
         if self.closed:
             return
         self.close()
-        if self.on_dead is not None:
-            self.on_dead(reason)
+        if self._dead_owner is not None:
+            self._on_dead(self._dead_owner, reason)
+        elif self._on_dead is not None:
+            self._on_dead(reason)
