@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from types import MappingProxyType
+from types import MappingProxyType, MethodType
 from typing import Protocol
 
 import gevent
@@ -94,7 +94,7 @@ class Session:
     """
 
     __slots__ = ("name", "key", "account", "rooms", "room", "out", "proto", "addr",
-                 "disconnect", "extra", "always_in_room")
+                 "_disconnect", "_disconnect_owner", "extra", "always_in_room")
 
     def __init__(
         self,
@@ -122,6 +122,20 @@ class Session:
         #: Native and web users are always in some room (a kick sends them to the lobby);
         #: IRC users may be in none.
         self.always_in_room = False
+
+    @property
+    def disconnect(self) -> Callable[[str], None]:
+        owner = self._disconnect_owner
+        return self._disconnect if owner is None else MethodType(self._disconnect, owner)
+
+    @disconnect.setter
+    def disconnect(self, callback: Callable[[str], None]) -> None:
+        # The usual callback is the connection's bound ``close``: kept as its function
+        # and its object, so idle sessions keep no method object each (64 bytes apiece).
+        if isinstance(callback, MethodType):
+            self._disconnect, self._disconnect_owner = callback.__func__, callback.__self__
+        else:
+            self._disconnect, self._disconnect_owner = callback, None
 
     @property
     def is_admin(self) -> bool:
