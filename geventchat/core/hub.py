@@ -93,7 +93,7 @@ class Session:
     greenlet (kick, shutdown, overflow) after pending output is written.
     """
 
-    __slots__ = ("name", "key", "account", "rooms", "room", "out", "proto", "addr",
+    __slots__ = ("name", "key", "account", "rooms", "room", "out", "proto", "_addr",
                  "_disconnect", "_disconnect_owner", "extra", "always_in_room")
 
     def __init__(
@@ -103,7 +103,7 @@ class Session:
         proto: Renderer,
         disconnect: Callable[[str], None],
         account: str | None = None,
-        addr: str = "",
+        addr: str | tuple = "",
     ) -> None:
         self.name = name
         self.key = name_key(name)
@@ -114,7 +114,9 @@ class Session:
         self.room: Room | None = None
         self.out = out
         self.proto = proto
-        self.addr = addr
+        # "ip:port", or the connection's address pair, formatted when asked (``addr``):
+        # a string kept per session would cost every idle client 64 bytes.
+        self._addr = addr
         self.disconnect = disconnect
         # Per-protocol state (IRC: user, away...); a protocol that needs it sets its own
         # dict, so the many native sessions share one empty, read-only mapping.
@@ -122,6 +124,11 @@ class Session:
         #: Native and web users are always in some room (a kick sends them to the lobby);
         #: IRC users may be in none.
         self.always_in_room = False
+
+    @property
+    def addr(self) -> str:
+        addr = self._addr
+        return addr if isinstance(addr, str) else f"{addr[0]}:{addr[1]}"
 
     @property
     def disconnect(self) -> Callable[[str], None]:

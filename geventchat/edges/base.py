@@ -144,7 +144,7 @@ class ClientConnection:
     """
 
     # Slots: tens of thousands of idle connections must stay cheap.
-    __slots__ = ("ctx", "hub", "settings", "sock", "addr_ip", "addr", "out", "decoder",
+    __slots__ = ("ctx", "hub", "settings", "sock", "peer", "out", "decoder",
                  "session", "flood", "created", "last_active", "_closing", "_reader",
                  "__weakref__")
 
@@ -157,8 +157,7 @@ class ClientConnection:
         self.hub = ctx.hub
         self.settings = ctx.settings
         self.sock = sock
-        self.addr_ip = addr[0]
-        self.addr = f"{addr[0]}:{addr[1]}"
+        self.peer = addr  # the address as accepted; ``addr`` formats it when asked
         if out is None:
             out = Output(sock, ctx.settings.max_sendq)
         out.on_dead = self._output_dead
@@ -171,6 +170,17 @@ class ClientConnection:
         self.created = self.last_active = time.monotonic()
         self._closing: str | None = None
         self._reader = gevent.getcurrent()
+
+    @property
+    def addr_ip(self) -> str:
+        return self.peer[0]
+
+    @property
+    def addr(self) -> str:
+        """``ip:port``, for logs and the session. Formatted on demand: a string kept per
+        connection would cost every idle client 64 bytes."""
+        peer = self.peer
+        return f"{peer[0]}:{peer[1]}"
 
     # --- hooks -----------------------------------------------------------------------
 
