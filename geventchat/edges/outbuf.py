@@ -43,8 +43,8 @@ class Output:
     """
 
     __slots__ = (
-        "_sock", "_raw", "_backlog", "_queued", "_limit", "_watcher", "_drained",
-        "closed", "_on_dead", "_dead_owner", "_tls", "_greenlet", "_direct",
+        "_tls", "_raw", "_backlog", "_queued", "_limit", "_watcher", "_drained",
+        "closed", "_on_dead", "_dead_owner", "_greenlet", "_direct",
     )
 
     def __init__(
@@ -53,7 +53,6 @@ class Output:
         limit: int = MAX_SENDQ,
         on_dead: Callable[[str], None] | None = None,
     ) -> None:
-        self._sock = sock
         # gevent's socket wraps a real non-blocking socket; sending on it directly is the
         # one place we want "fail instead of wait" semantics.
         self._raw = getattr(sock, "_sock", sock)
@@ -64,10 +63,11 @@ class Output:
         self._drained: Event | None = None
         self.closed = False
         self.on_dead = on_dead
+        # The TLS socket, written through by the writer greenlet; None for a plain one.
         # gevent's SSLSocket is not a subclass of the stdlib's; check for either.
-        self._tls = isinstance(sock, ssl.SSLSocket | gevent.ssl.SSLSocket)
+        self._tls = sock if isinstance(sock, ssl.SSLSocket | gevent.ssl.SSLSocket) else None
         # True while a write may go straight to the kernel: plain socket, open, no backlog.
-        self._direct = not self._tls
+        self._direct = self._tls is None
         self._greenlet: gevent.Greenlet | None = None
 
     def write(self, data: bytes) -> None:
@@ -91,7 +91,7 @@ class Output:
             self._start_watcher()
         elif self.closed:
             return
-        elif self._tls:
+        elif self._tls is not None:
             self._queue_for_greenlet(data)
             return
         if self._backlog is _NO_BACKLOG:
@@ -152,7 +152,7 @@ class Output:
             while self._backlog and not self.closed:
                 data = b"".join(self._backlog)
                 self._backlog = _NO_BACKLOG
-                self._sock.sendall(data)
+                self._tls.sendall(data)
                 self._queued = max(0, self._queued - len(data))
         except OSError as exc:
             self._die(f"write failed: {exc.strerror or exc}")
