@@ -34,7 +34,7 @@ from geventchat.core.hub import LOBBY_NAME, Hub
 from geventchat.core.text import name_key
 from geventchat.edges import sniff
 from geventchat.edges.admission import Admission
-from geventchat.edges.base import DRAIN_TIMEOUT, ClientConnection
+from geventchat.edges.base import DRAIN_TIMEOUT, ClientConnection, ConnectionSet
 from geventchat.edges.http import plain_response, serve_http
 from geventchat.edges.irc import IrcConnection, network_for
 from geventchat.edges.native import NativeConnection
@@ -68,7 +68,7 @@ class ChatServer:
         self.settings = settings
         self.hub = hub
         hub.on_shutdown = self.stop
-        self.connections: set[ClientConnection] = set()
+        self.connections = ConnectionSet()  # the live ClientConnections
         self.admission = Admission(hub.admins, settings.password_file, settings.max_clients,
                                    settings.max_per_ip)
         hub.server_name = network_for(self).name  # the host users are shown with (bans)

@@ -49,13 +49,28 @@ DRAIN_TIMEOUT = 2.0
 YIELD_PAUSE = 0.0002
 
 
+class ConnectionSet(dict):
+    """The live connections, used as a set: ``add``, ``discard``, ``in``, ``len`` and
+    iteration. It is a dict's keys because a set's table, at most 60% full and grown
+    fourfold, costs 52 to 105 bytes per entry at 10,000 to 20,000 connections, where a
+    dict's costs 30."""
+
+    __slots__ = ()
+
+    def add(self, conn: object) -> None:
+        self[conn] = None
+
+    def discard(self, conn: object) -> None:
+        self.pop(conn, None)
+
+
 class EdgeContext(Protocol):
     """What an edge needs from the server that runs it."""
 
     hub: Hub
     settings: Settings
     admission: Admission
-    connections: set
+    connections: ConnectionSet
 
 
 class Decoder(Protocol):
