@@ -56,6 +56,14 @@ LISTEN_BACKLOG = 4096
 KEEPALIVE = (300, 30, 4)
 
 
+class HandlerGreenlet(gevent.Greenlet):
+    """The greenlet that serves one connection. gevent records where each greenlet was
+    spawned, for debugging (``gevent.util.format_run_info``); for these it is always the
+    same accept path, so it is not recorded: four frame records, 256 bytes, per client."""
+
+    spawning_stack_limit = 0
+
+
 class ChatServer:
     """A configured server: listeners, hub, admission, and the stop sequence.
 
@@ -74,7 +82,7 @@ class ChatServer:
         hub.server_name = network_for(self).name  # the host users are shown with (bans)
         # A few spare greenlets over max_clients so a full server can still answer
         # "server full" instead of silently not accepting (a full Pool stops accepting).
-        self._pool = Pool(settings.max_clients + 16)
+        self._pool = Pool(settings.max_clients + 16, greenlet_class=HandlerGreenlet)
         # TLS is wrapped by hand in the handler (not by StreamServer) so the handshake gets
         # the registration deadline.
         self._tls = _tls_context(settings)
