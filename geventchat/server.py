@@ -35,7 +35,7 @@ from geventchat.core.hub import LOBBY_NAME, Hub
 from geventchat.core.text import name_key
 from geventchat.edges import sniff
 from geventchat.edges.admission import Admission
-from geventchat.edges.base import DRAIN_TIMEOUT, ClientConnection
+from geventchat.edges.base import DRAIN_TIMEOUT, ClientConnection, ConnectionSet
 from geventchat.edges.http import plain_response, serve_http
 from geventchat.edges.irc import IrcConnection, network_for
 from geventchat.edges.native import NativeConnection
@@ -64,6 +64,14 @@ ACCEPT_BATCH = 25
 KEEPALIVE = (300, 30, 4)
 
 
+class HandlerGreenlet(gevent.Greenlet):
+    """The greenlet that serves one connection. gevent records where each greenlet was
+    spawned, for debugging (``gevent.util.format_run_info``); for these it is always the
+    same accept path, so it is not recorded: four frame records, 256 bytes, per client."""
+
+    spawning_stack_limit = 0
+
+
 class ChatServer:
     """A configured server: listeners, hub, admission, and the stop sequence.
 
@@ -76,13 +84,13 @@ class ChatServer:
         self.settings = settings
         self.hub = hub
         hub.on_shutdown = self.stop
-        self.connections: set[ClientConnection] = set()
+        self.connections = ConnectionSet()  # the live ClientConnections
         self.admission = Admission(hub.admins, settings.password_file, settings.max_clients,
                                    settings.max_per_ip)
         hub.server_name = network_for(self).name  # the host users are shown with (bans)
         # A few spare greenlets over max_clients so a full server can still answer
         # "server full" instead of silently not accepting (a full Pool stops accepting).
-        self._pool = Pool(settings.max_clients + 16)
+        self._pool = Pool(settings.max_clients + 16, greenlet_class=HandlerGreenlet)
         # TLS is wrapped by hand in the handler (not by StreamServer) so the handshake gets
         # the registration deadline.
         self._tls = _tls_context(settings)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from types import MappingProxyType
+from types import MappingProxyType, MethodType
 from typing import Protocol
 
 import gevent
@@ -143,8 +143,8 @@ class Session:
     greenlet (kick, shutdown, overflow) after pending output is written.
     """
 
-    __slots__ = ("name", "key", "account", "rooms", "room", "out", "proto", "addr",
-                 "disconnect", "extra", "always_in_room")
+    __slots__ = ("name", "key", "account", "rooms", "room", "out", "proto", "_addr",
+                 "_disconnect", "_disconnect_owner", "extra", "always_in_room")
 
     def __init__(
         self,
@@ -153,7 +153,7 @@ class Session:
         proto: Renderer,
         disconnect: Callable[[str], None],
         account: str | None = None,
-        addr: str = "",
+        addr: str | tuple = "",
     ) -> None:
         self.name = name
         self.key = name_key(name)
@@ -164,7 +164,9 @@ class Session:
         self.room: Room | None = None
         self.out = out
         self.proto = proto
-        self.addr = addr
+        # "ip:port", or the connection's address pair, formatted when asked (``addr``):
+        # a string kept per session would cost every idle client 64 bytes.
+        self._addr = addr
         self.disconnect = disconnect
         # Per-protocol state (IRC: user, away...); a protocol that needs it sets its own
         # dict, so the many native sessions share one empty, read-only mapping.
@@ -172,6 +174,25 @@ class Session:
         #: Native and web users are always in some room (a kick sends them to the lobby);
         #: IRC users may be in none.
         self.always_in_room = False
+
+    @property
+    def addr(self) -> str:
+        addr = self._addr
+        return addr if isinstance(addr, str) else f"{addr[0]}:{addr[1]}"
+
+    @property
+    def disconnect(self) -> Callable[[str], None]:
+        owner = self._disconnect_owner
+        return self._disconnect if owner is None else MethodType(self._disconnect, owner)
+
+    @disconnect.setter
+    def disconnect(self, callback: Callable[[str], None]) -> None:
+        # The usual callback is the connection's bound ``close``: kept as its function
+        # and its object, so idle sessions keep no method object each (64 bytes apiece).
+        if isinstance(callback, MethodType):
+            self._disconnect, self._disconnect_owner = callback.__func__, callback.__self__
+        else:
+            self._disconnect, self._disconnect_owner = callback, None
 
     @property
     def is_admin(self) -> bool:

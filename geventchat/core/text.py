@@ -165,7 +165,11 @@ def name_key(name: str) -> str:
     """Identity of a name, so look-alikes are one user: NFKC, casefold, then letters that
     are confusable with Latin ones (Cyrillic ``а``, Greek ``ο``...) replaced by those."""
     folded = unicodedata.normalize("NFKC", name).casefold()
-    return folded if folded.isascii() else _skeleton(folded)
+    if not folded.isascii():
+        return _skeleton(folded)
+    # A name that is its own key (lower case) gives back the same string, so the many
+    # users and members keyed by it don't each keep an equal copy.
+    return name if folded == name else folded
 
 
 @lru_cache(maxsize=8192)

@@ -453,7 +453,7 @@ class IrcConnection(ClientConnection):
                 self.nick = None
                 return
         renderer = self.net.renderer(self.caps)
-        session = IrcSession(self.nick, self.out, renderer, self.close, addr=self.addr,
+        session = IrcSession(self.nick, self.out, renderer, self.close, addr=self.peer,
                              account=self.account)
         session.conn = self
         session.extra = {"user": self.user, "realname": self.realname, "away": "",

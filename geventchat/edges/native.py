@@ -198,7 +198,7 @@ class NativeConnection(ClientConnection):
             return
         renderer = NATIVE_IDS if self._ids and self.renderer is NATIVE else self.renderer
         session = Session(name, self.out, renderer, self.close, account=account,
-                          addr=self.addr)
+                          addr=self.peer)
         session.always_in_room = True
         resume = self._resume
         try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import socket
 import ssl
 from collections.abc import Callable
+from types import MethodType
 
 import gevent
 import gevent.ssl
@@ -42,8 +43,8 @@ class Output:
     """
 
     __slots__ = (
-        "_sock", "_raw", "_backlog", "_queued", "_limit", "_watcher", "_drained",
-        "closed", "on_dead", "_tls", "_greenlet", "_direct", "_send",
+        "_tls", "_raw", "_backlog", "_queued", "_limit", "_watcher", "_drained",
+        "closed", "_on_dead", "_dead_owner", "_greenlet", "_direct",
     )
 
     def __init__(
@@ -52,7 +53,6 @@ class Output:
         limit: int = MAX_SENDQ,
         on_dead: Callable[[str], None] | None = None,
     ) -> None:
-        self._sock = sock
         # gevent's socket wraps a real non-blocking socket; sending on it directly is the
         # one place we want "fail instead of wait" semantics.
         self._raw = getattr(sock, "_sock", sock)
@@ -63,11 +63,11 @@ class Output:
         self._drained: Event | None = None
         self.closed = False
         self.on_dead = on_dead
+        # The TLS socket, written through by the writer greenlet; None for a plain one.
         # gevent's SSLSocket is not a subclass of the stdlib's; check for either.
-        self._tls = isinstance(sock, ssl.SSLSocket | gevent.ssl.SSLSocket)
+        self._tls = sock if isinstance(sock, ssl.SSLSocket | gevent.ssl.SSLSocket) else None
         # True while a write may go straight to the kernel: plain socket, open, no backlog.
-        self._direct = not self._tls
-        self._send = self._raw.send
+        self._direct = self._tls is None
         self._greenlet: gevent.Greenlet | None = None
 
     def write(self, data: bytes) -> None:
@@ -78,7 +78,7 @@ class Output:
         """
         if self._direct:
             try:
-                sent = self._send(data)
+                sent = self._raw.send(data)
             except BlockingIOError:
                 sent = 0
             except OSError as exc:
@@ -91,7 +91,7 @@ class Output:
             self._start_watcher()
         elif self.closed:
             return
-        elif self._tls:
+        elif self._tls is not None:
             self._queue_for_greenlet(data)
             return
         if self._backlog is _NO_BACKLOG:
@@ -100,6 +100,21 @@ class Output:
         self._queued += len(data)
         if self._queued > self._limit:
             self._die(f"sendq exceeded ({self._queued} bytes queued)")
+
+    @property
+    def on_dead(self) -> Callable[[str], None] | None:
+        owner = self._dead_owner
+        return self._on_dead if owner is None else MethodType(self._on_dead, owner)
+
+    @on_dead.setter
+    def on_dead(self, callback: Callable[[str], None] | None) -> None:
+        # A bound method (the usual case: the connection's) is kept as its function and
+        # its object, so tens of thousands of idle outputs keep no method object each
+        # (64 bytes apiece); it is called exactly as before.
+        if isinstance(callback, MethodType):
+            self._on_dead, self._dead_owner = callback.__func__, callback.__self__
+        else:
+            self._on_dead, self._dead_owner = callback, None
 
     def drain(self, timeout: float | None) -> bool:
         """Wait (this greenlet only) until the backlog is empty; True if it emptied."""
@@ -137,7 +152,7 @@ class Output:
             while self._backlog and not self.closed:
                 data = b"".join(self._backlog)
                 self._backlog = _NO_BACKLOG
-                self._sock.sendall(data)
+                self._tls.sendall(data)
                 self._queued = max(0, self._queued - len(data))
         except OSError as exc:
             self._die(f"write failed: {exc.strerror or exc}")
@@ -187,5 +202,7 @@ class Output:
         if self.closed:
             return
         self.close()
-        if self.on_dead is not None:
-            self.on_dead(reason)
+        if self._dead_owner is not None:
+            self._on_dead(self._dead_owner, reason)
+        elif self._on_dead is not None:
+            self._on_dead(reason)
