@@ -117,13 +117,6 @@ def measure(members: int, batch: int, lines: int, runs: int, tmp: Path) -> dict[
             room._pending.clear()  # measured apart: render and fan-out below
         return rounds * batch
 
-    def flush_only(rounds: int) -> int:
-        for _ in range(rounds):
-            for cmd in cmds:
-                dispatch(hub, speaker, cmd)
-            room.flush()
-        return rounds * batch
-
     def render_only(rounds: int) -> int:
         pending = [e for e in hub.lobby.recent()][-batch:]
         for _ in range(rounds):
@@ -143,7 +136,7 @@ def measure(members: int, batch: int, lines: int, runs: int, tmp: Path) -> dict[
         "render (per batch, per line)": _timed(render_only, lines, runs),
     }
     result["fan-out Python (say+flush - say - render)"] = max(
-        0.0, _timed(flush_only, lines, runs, drain_history) - result[say]
+        0.0, _timed(say_and_flush, lines, runs, drain_history) - result[say]
         - result["render (per batch, per line)"])
     drain_history()
     start_process, start_thread = time.process_time(), time.thread_time()
