@@ -30,7 +30,7 @@ from geventchat.core.broker import Broker
 from geventchat.core.directory import Directory, LocalDirectory
 from geventchat.core.errors import ChatError
 from geventchat.core.modes import RoomModes
-from geventchat.core.presence import PRESENCE_SUMMARY, FoldedBatch
+from geventchat.core.presence import PRESENCE_SUMMARY, RUN_MIN, FoldedBatch
 from geventchat.core.stats import STATS
 from geventchat.core.text import name_key
 
@@ -256,6 +256,7 @@ class Room:
         self._flushing = False  # a flush is under way (a re-entry queues another pass)
         self._again = False
         self._spoken = 0  # pending events up to here include more than joins and leaves
+        self._notices = 0  # joins and leaves pending (a batch with few has nothing to fold)
         self._timer = None  # pending presence flush (a loop timer), if any
         self._drain: _Drain | None = None  # a join/leave batch still going out in slices
         self.version = 0  # bumped whenever the history changes (replay caches key on it)
@@ -325,6 +326,7 @@ class Room:
         next chat line, or after :data:`PRESENCE_DELAY` at the latest."""
         if event is not None:
             self._pending.append(event)
+            self._notices += 1
         if not self._scheduled and self._timer is None:
             scale = max(1.0, len(self.members) / PRESENCE_MEMBERS)
             self._timer = self._loop.timer(min(PRESENCE_DELAY * scale, PRESENCE_DELAY_MAX))
@@ -370,6 +372,7 @@ class Room:
         if events:
             self._pending = []
             self._spoken = 0
+            self._notices = 0
             outputs = self._outputs or self._build_outputs()
             speakers = _speakers(events)
             plan: list[tuple[Renderer, bytes, list[Output]]] | None = None
@@ -441,8 +444,9 @@ class Room:
 
     def _fold(self, events: list[ev.Event]) -> FoldedBatch | None:
         """The batch with its presence runs folded, if this room is big enough and the
-        batch has any to fold."""
-        if not (self.summary_above and len(self.members) > self.summary_above and events):
+        batch has any to fold (a batch of chat lines is never even scanned)."""
+        if not (self._notices > RUN_MIN and self.summary_above
+                and len(self.members) > self.summary_above):
             return None
         folded = FoldedBatch(events, self.name)
         return folded if folded.folded else None
