@@ -62,6 +62,11 @@ LISTEN_BACKLOG = 4096
 ACCEPT_BATCH = 25
 #: TCP keepalive: first probe after 5 idle minutes, then every 30 s, give up after 4 misses.
 KEEPALIVE = (300, 30, 4)
+#: Linux copies a listening socket's TCP options (no-delay, keepalive and its timers) to
+#: every socket it accepts: set once on the listener, they cost a storm of 10,000 clients
+#: no syscalls instead of 50,000 ``setsockopt`` calls (about 0.15 s). Elsewhere each
+#: accepted socket is tuned on its own.
+INHERITS_OPTIONS = sys.platform.startswith("linux")
 
 
 class HandlerGreenlet(gevent.Greenlet):
@@ -139,6 +144,9 @@ class ChatServer:
                 raise ListenError(f"cannot listen on {self.settings.host}:{port} "
                                   f"({'IRC' if kind == sniff.IRC else 'chat'} port): "
                                   f"{exc.strerror or exc}") from exc
+        if INHERITS_OPTIONS:
+            for server, _ in self._listeners:
+                _tune(server.socket)  # every accepted socket inherits these (no syscalls)
         tls = " (TLS)" if self.settings.tls_cert else ""
         for server, kind in self._listeners:
             host, port = server.address[:2]
@@ -254,7 +262,8 @@ class ChatServer:
     # --- connections -------------------------------------------------------------------
 
     def _serve(self, sock: socket.socket, addr: tuple, kind: str) -> None:
-        _tune(sock)
+        if not INHERITS_OPTIONS:
+            _tune(sock)
         if self._tls is None:
             self._serve_plain(sock, addr, kind)
             return

@@ -228,17 +228,29 @@ class ClientConnection:
         until EOF or close, then leave and drain. A bug costs this connection only."""
         self._reader = gevent.getcurrent()
         try:
-            self.greet()
             if first:
-                # No heard(): these bytes were read just before this connection was made,
-                # so last_active (the same float as created) already says when; a float
-                # of its own would cost each client that spoke first and idles 24 bytes.
-                self.handle(self.decoder.feed(first))
+                self._answer_first(first)
+            else:
+                self.greet()
             read_lines(self)
         except Exception:
             log.exception("%s connection %s failed", self.protocol, self.addr)
         finally:
             self.finish()
+
+    def _answer_first(self, first: bytes) -> None:
+        """Greet a client that spoke first and handle what it said, in one ``send``: a
+        program that sends its name with the connection gets the prompt and its join burst
+        together (a reconnect storm of 10,000 costs 10,000 sends fewer)."""
+        self.out.cork()
+        try:
+            self.greet()
+            # No heard(): these bytes were read just before this connection was made, so
+            # last_active (the same float as created) already says when; a float of its
+            # own would cost each client that spoke first and idles 24 bytes.
+            self.handle(self.decoder.feed(first))
+        finally:
+            self.out.uncork()
 
     def is_open(self) -> bool:
         return self._closing is None

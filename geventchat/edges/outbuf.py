@@ -32,6 +32,7 @@ _EV_WRITE = 2  # libev/libuv event mask for "writable"
 #: The backlog of an output that has never had to queue (most of them): shared and empty,
 #: replaced by a list of its own the first time the kernel refuses bytes.
 _NO_BACKLOG: list[bytes] = []
+_CORKED = object()  # Output._greenlet of a corked plain output
 
 
 class Output:
@@ -68,7 +69,32 @@ class Output:
         self._tls = sock if isinstance(sock, ssl.SSLSocket | gevent.ssl.SSLSocket) else None
         # True while a write may go straight to the kernel: plain socket, open, no backlog.
         self._direct = self._tls is None
-        self._greenlet: gevent.Greenlet | None = None
+        # TLS: the writer greenlet while it runs. Plain: _CORKED while corked (the slot is
+        # free there, and one more would cost every client 16 bytes).
+        self._greenlet: gevent.Greenlet | object | None = None
+
+    def cork(self) -> None:
+        """Hold writes until :meth:`uncork`, then send them as one. For a client that
+        spoke first (its name came with the connection), the prompt, the join burst and
+        anything broadcast meanwhile leave in one ``send``, not one each: in a storm of
+        10,000 such clients every ``send`` saved is ~10 us of kernel time. Plain sockets
+        only (a TLS socket's writes already go through its writer greenlet)."""
+        if self._direct:
+            self._direct = False
+            self._greenlet = _CORKED
+
+    def uncork(self) -> None:
+        """Send what :meth:`cork` held back (in order), and write directly again."""
+        if self._greenlet is not _CORKED:
+            return
+        self._greenlet = None
+        if self.closed:
+            return
+        backlog, self._backlog = self._backlog, _NO_BACKLOG
+        self._queued = 0
+        self._direct = True
+        if backlog:
+            self.write(backlog[0] if len(backlog) == 1 else b"".join(backlog))
 
     def write(self, data: bytes) -> None:
         """Queue ``data`` for the peer without ever blocking the caller.
@@ -94,12 +120,7 @@ class Output:
         elif self._tls is not None:
             self._queue_for_greenlet(data)
             return
-        if self._backlog is _NO_BACKLOG:
-            self._backlog = []
-        self._backlog.append(data)
-        self._queued += len(data)
-        if self._queued > self._limit:
-            self._die(f"sendq exceeded ({self._queued} bytes queued)")
+        self._hold(data)  # behind a backlog the write watcher drains, or corked
 
     @property
     def on_dead(self) -> Callable[[str], None] | None:
@@ -136,14 +157,18 @@ class Output:
 
     # --- internals -----------------------------------------------------------------------
 
-    def _queue_for_greenlet(self, data: bytes) -> None:
+    def _hold(self, data: bytes) -> None:
+        """Queue ``data`` behind what is queued already, within the bound."""
         if self._backlog is _NO_BACKLOG:
             self._backlog = []
         self._backlog.append(data)
         self._queued += len(data)
         if self._queued > self._limit:
             self._die(f"sendq exceeded ({self._queued} bytes queued)")
-        elif self._greenlet is None:
+
+    def _queue_for_greenlet(self, data: bytes) -> None:
+        self._hold(data)
+        if not self.closed and self._greenlet is None:
             self._greenlet = gevent.spawn(self._write_loop)
 
     def _write_loop(self) -> None:
