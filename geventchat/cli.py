@@ -289,6 +289,9 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=settings.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings.max_clients = _fit_max_clients(settings.max_clients)
+    from geventchat import collector
+
+    collector.tune()  # full collections on a clock, not during a storm of arrivals
     try:
         return serve(settings)
     except (AdminFileError, ValueError) as exc:

