@@ -1,13 +1,19 @@
-"""The floor under geventchat's registration storm: a bare gevent server that does only
-what the bench's clients wait for, and nothing a chat server must do.
+"""The floor under geventchat's figures: a bare gevent server that does only what the
+bench's clients wait for, and nothing a chat server must do.
 
 A ``StreamServer`` with a ``Pool`` and one greenlet per client (geventchat's own shape):
-read the name, answer ``? name:`` and ``* NAME joined`` in one ``send``, then block in
-``recv`` until the client leaves. No rooms, no join notices to others, no history, no
-checks. ``loadtest.py --idle N --eager-name --host 127.0.0.1 --port PORT`` against it
-tells how much of a storm is gevent and the kernel, whatever the chat does on top.
+read the name, answer ``? name:`` and ``* NAME joined`` in one ``send``, then read until
+the client leaves. No rooms, no join notices to others, no history, no checks, no
+parsing. Against it, ``loadtest.py --host 127.0.0.1 --port PORT`` tells how much of a
+figure is gevent and the kernel, whatever the chat does on top:
 
-Run: ``python bench/bare_server.py --port 9998`` (Ctrl-C stops it).
+* ``--idle N --eager-name``: a registration storm (every client then blocks in ``recv``);
+* with ``--relay``, every chunk a client sends goes to every client as ``NAME: line``
+  lines, one non-blocking ``send`` per client per chunk (a slow reader's bytes are simply
+  dropped: a floor, not a server), for the per-line figures (``--clients 10 --senders 10
+  --window 8``).
+
+Run: ``python bench/bare_server.py --port 9998 [--relay]`` (Ctrl-C stops it).
 """
 
 from __future__ import annotations
@@ -15,9 +21,13 @@ from __future__ import annotations
 import argparse
 import gc
 import resource
+import socket
 
 from gevent.pool import Pool
 from gevent.server import StreamServer
+
+RELAY = False
+CLIENTS: dict[object, object] = {}  # gevent socket -> its raw socket (relay mode)
 
 
 def handle(sock, addr) -> None:
@@ -27,10 +37,33 @@ def handle(sock, addr) -> None:
         if not data:
             return
         buf += data
-    name = buf.split(b"\n", 1)[0].strip()
+    name, _, buf = buf.partition(b"\n")
+    name = name.strip()
     sock.sendall(b"? name:\n* " + name + b" joined\n")
-    while sock.recv(4096):
-        pass
+    if not RELAY:
+        while sock.recv(4096):
+            pass
+        return
+    CLIENTS[sock] = sock._sock
+    prefix = b"\n" + name + b": "
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return
+            buf += data
+            chunk, sep, buf = buf.rpartition(b"\n")
+            if not sep:
+                buf = chunk
+                continue
+            out = name + b": " + chunk.replace(b"\n", prefix) + b"\n"
+            for raw in list(CLIENTS.values()):
+                try:
+                    raw.send(out)
+                except OSError:
+                    pass
+    finally:
+        CLIENTS.pop(sock, None)
 
 
 def main() -> None:
@@ -38,13 +71,20 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9998)
     parser.add_argument("--max-clients", type=int, default=20000)
+    parser.add_argument("--relay", action="store_true",
+                        help="send every line to every client (per-line floor)")
     args = parser.parse_args()
+    global RELAY
+    RELAY = args.relay
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     gc.freeze()  # as geventchat's serve does
     server = StreamServer((args.host, args.port), handle, spawn=Pool(args.max_clients),
                           backlog=4096)
     server.max_accept = 25  # geventchat's ACCEPT_BATCH
+    server.init_socket()
+    # No Nagle, as geventchat (accepted sockets inherit it from the listener on Linux).
+    server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     print(f"bare gevent server on {args.host}:{server.server_port}", flush=True)
     try:
         server.serve_forever()
