@@ -201,14 +201,30 @@ def test_missing_file_is_empty_and_not_created(path):
 
 def test_append_flush_then_reload_replays_same_events(path):
     h = History(path)
-    events = [msg(0), Action("bob", "dances", time=T0), msg(1, "ünïcödé 🎉")]
-    for e in events:
+    said = [msg(0), Action("bob", "dances", time=T0), msg(1, "ünïcödé 🎉")]
+    events = plain(said)  # copies: append numbers the events it is given in place
+    for e in said:
         h.append(e)
     assert plain(h.recent()) == events  # in memory at once
     assert [e.id for e in h.recent()] == [1, 2, 3]
     assert h.flush(timeout=WAIT)
     h.close()  # (a second History of the file is refused while this one holds it)
     assert reload(path) == events
+
+
+def test_append_numbers_a_new_event_in_place_and_a_refused_one_stays_unnumbered(path):
+    h = History(path)
+    assert h.load(timeout=WAIT)
+    first = msg(0)
+    assert h.append(first) is first and first.id == 1  # no copy on the per-line path
+    naive = Message("alice", "no zone", time=datetime(2026, 1, 1))
+    with pytest.raises(ValueError):
+        h.append(naive)
+    assert naive.id == 0 and [e.id for e in h.recent()] == [1]
+    numbered = dataclasses.replace(msg(1), id=7)  # from elsewhere: copied, not changed
+    stored = h.append(numbered)
+    assert stored is not numbered and numbered.id == 7 and stored.id == 2
+    h.close()
 
 
 def test_close_writes_everything(path):
