@@ -101,6 +101,20 @@ def wait_for(cond: Callable[[], object], timeout: float = TIMEOUT, what: str = "
         time.sleep(0.01)
 
 
+def read_until(sock, marker: bytes, timeout: float = 10.0) -> bytes:
+    """Read a (gevent) socket until ``marker`` has arrived; everything read. In-process
+    servers' tests: a gevent timeout, so the server's greenlets run meanwhile."""
+    import gevent
+
+    buf = b""
+    with gevent.Timeout(timeout):
+        while marker not in buf:
+            chunk = sock.recv(65536)
+            assert chunk, buf
+            buf += chunk
+    return buf
+
+
 class LineClient:
     """A raw TCP client that reads server lines with a deadline, like ``nc`` would."""
 

@@ -14,6 +14,7 @@ from gevent import socket
 from geventchat.config import Settings
 from geventchat.edges.outbuf import Output
 from geventchat.server import KEEPALIVE, ChatServer, build_hub
+from tests.helpers import read_until
 
 
 @pytest.fixture
@@ -29,21 +30,11 @@ def server(tmp_path):
         srv._shutdown()
 
 
-def _read_until(sock: socket.socket, marker: bytes) -> bytes:
-    buf = b""
-    with gevent.Timeout(10):
-        while marker not in buf:
-            chunk = sock.recv(65536)
-            assert chunk, buf
-            buf += chunk
-    return buf
-
-
 def test_accepted_sockets_have_nodelay_and_keepalive(server) -> None:
     client = socket.create_connection(server.address, timeout=10)
     try:
         client.sendall(b"ann\n")
-        _read_until(client, b"* ann joined")
+        read_until(client, b"* ann joined")
         (conn,) = list(server.connections)
         sock = conn.sock
         assert sock.getsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY) != 0
@@ -61,7 +52,7 @@ def test_client_that_speaks_first_gets_prompt_then_join_burst_in_order(server) -
     client = socket.create_connection(server.address, timeout=10)
     try:
         client.sendall(b"bob\nhello\n")
-        buf = _read_until(client, b"bob: hello")
+        buf = read_until(client, b"bob: hello")
         prompt, joined = buf.find(b"? name:"), buf.find(b"* bob joined")
         line = buf.find(b"bob: hello")
         assert 0 <= prompt < joined < line, buf

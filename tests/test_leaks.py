@@ -13,6 +13,7 @@ from gevent import socket
 
 from geventchat.config import Settings
 from geventchat.server import ChatServer, build_hub
+from tests.helpers import read_until
 
 NATIVE = (b"{name}\n", b"* {name} joined", b"hello\n", b"exit\n")
 IRC = (b"NICK {name}\r\nUSER u 0 * :u\r\nJOIN #lobby\r\n", b" 366 {name} ",
@@ -23,12 +24,7 @@ def _visit(port: int, name: str, script: tuple[bytes, ...], polite: bool) -> Non
     hello, joined, say, bye = (x.replace(b"{name}", name.encode()) for x in script)
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
     s.sendall(hello)
-    buf = b""
-    with gevent.Timeout(10):
-        while joined not in buf:
-            chunk = s.recv(65536)
-            assert chunk, buf
-            buf += chunk
+    read_until(s, joined)
     s.sendall(say)
     if polite:
         s.sendall(bye)
