@@ -229,8 +229,50 @@ def test_a_line_said_mid_drain_keeps_the_order_and_the_speaker_goes_first(monkey
     actions.say(hub, speaker, room, "hello")
     room.flush()
     assert writes[0] == speaker.name, "the speaker's echo is the first write"
+    _drained(room)  # the line itself goes out in slices too
     for s in sessions:
         assert _lines(s) == ["* late joined", f"{speaker.name}: hello"], s.name
+
+
+def test_a_chat_line_in_a_big_room_reaches_its_speaker_at_once_and_the_rest_in_slices(
+        monkeypatch) -> None:
+    hub, room, sessions = _crowd(monkeypatch, 45)
+    speaker = sessions[20]
+    actions.say(hub, speaker, room, "hello")
+    room.flush()
+    line = f"{speaker.name}: hello"
+    assert _lines(speaker) == [line]
+    reached = sum(line in _lines(s) for s in sessions)
+    assert reached == 1 + 10, "the speaker, then the first slice only, in this pass"
+    _drained(room)
+    assert all(_lines(s) == [line] for s in sessions)
+
+
+def test_a_leaver_mid_chat_drain_gets_the_line_on_its_way_out(monkeypatch) -> None:
+    hub, room, sessions = _crowd(monkeypatch, 45)
+    actions.say(hub, sessions[0], room, "before you go")
+    room.flush()
+    gone = sessions[-1]
+    assert _lines(gone) == []  # not in the first slice
+    room.leave(gone, ev.Left(gone.name, "", room.name))
+    assert _lines(gone) == [f"{sessions[0].name}: before you go"]
+    _drained(room)
+    assert _lines(gone) == [f"{sessions[0].name}: before you go"], "once"
+    assert all(f"{sessions[0].name}: before you go" in _lines(s) for s in sessions)
+
+
+def test_a_private_line_mid_chat_drain_takes_its_part_without_finishing_the_drain(
+        monkeypatch) -> None:
+    hub, room, sessions = _crowd(monkeypatch, 45)
+    actions.say(hub, sessions[0], room, "for all")
+    room.flush()
+    target, other = sessions[-1], sessions[-2]
+    target.send(ev.Notice("just for you"))
+    assert _lines(target) == [f"{sessions[0].name}: for all", "* just for you"]
+    assert _lines(other) == [], "the rest of the room still waits for its slice"
+    _drained(room)
+    assert _lines(target) == [f"{sessions[0].name}: for all", "* just for you"], "once"
+    assert _lines(other) == [f"{sessions[0].name}: for all"]
 
 
 def test_a_leaver_mid_drain_gets_no_more_of_it(monkeypatch) -> None:

@@ -50,9 +50,10 @@ PRESENCE_DELAY_MAX = 2.0
 PRESENCE_MEMBERS = 100  # members per PRESENCE_DELAY of waiting
 
 
-#: A batch of only joins and leaves for more members than this goes out a slice of this
-#: many writes per loop pass (:class:`_Drain`): a big room's presence flush (10,000 sends,
-#: 50-80 ms) would otherwise hold the loop, and every line said meanwhile waited for it.
+#: A batch for more members than this goes out a slice of this many writes per loop pass
+#: (:class:`_Drain`), after its speakers: one flush of a 10,000-member room (10,000 sends,
+#: 100-200 ms on loopback) would otherwise hold the loop, and every line said meanwhile,
+#: every arrival and every other room waited for it.
 FLUSH_SLICE = 1000
 
 _SPOKEN = (ev.Message, ev.Action)
@@ -66,20 +67,25 @@ def _speakers(events: list[ev.Event]) -> list[str]:
 
 
 class _Drain:
-    """A join/leave batch on its way to a big room's members, a slice per loop pass.
+    """A batch on its way to a big room's members, a slice per loop pass, after its
+    speakers (who got it at once).
 
-    Order is kept: any later flush of the room first completes the drain, except that the
+    Order is kept: any later batch of the room first completes the drain, except that the
     later batch's speakers get the rest of this one and their own line in one write
-    before anyone else (a typist's echo never waits for a crowd's join notices)."""
+    before anyone else (a typist's echo never waits for a crowd). A line for one member
+    (a private line, an error) takes that member's part first (:meth:`take`), and a
+    leaver gets its part on the way out if the batch has chat in it."""
 
-    __slots__ = ("plan", "todo", "served", "timer", "_owner")
+    __slots__ = ("plan", "todo", "served", "timer", "spoken", "_owner")
 
-    def __init__(self, plan: list[tuple[Renderer, bytes, list[Output]]]) -> None:
+    def __init__(self, plan: list[tuple[Renderer, bytes, list[Output]]],
+                 served: set[Output], spoken: bool) -> None:
         self.plan = plan
         self.todo = ((out, data) for _, data, outs in plan for out in outs)
-        self.served: set[Output] = set()  # written already (in order, or a speaker early)
+        self.served = served  # written already (in order, or a speaker early)
         self.timer: object | None = None
-        self._owner: dict[Output, bytes] | None = None  # built only if a speaker asks
+        self.spoken = spoken  # has more than joins and leaves: leavers need their part
+        self._owner: dict[Output, bytes] | None = None  # built only if someone asks
 
     def step(self, limit: int | None) -> bool:
         """Write to up to ``limit`` more members (None: all of them); True when done."""
@@ -203,22 +209,23 @@ class Session:
 
     def send(self, event: ev.Event) -> None:
         """Deliver one event to this user only, after the broadcasts queued before it."""
-        for room in self.rooms.values():
-            room.flush()
-        self.out.write(self.proto.render(event))
+        self.out.write(self._owed() + self.proto.render(event))
 
     def send_many(self, events: list[ev.Event]) -> None:
         """Deliver several events to this user only, in one write."""
         if events:
-            for room in self.rooms.values():
-                room.flush()
-            self.out.write(self.proto.render_many(events))
+            self.out.write(self._owed() + self.proto.render_many(events))
 
     def send_raw(self, data: bytes) -> None:
         """Protocol-specific bytes (IRC numerics), ordered like :meth:`send`."""
+        self.out.write(self._owed() + data)
+
+    def _owed(self) -> bytes:
+        """What this user's rooms have queued for it and not written yet."""
+        owed = b""
         for room in self.rooms.values():
-            room.flush()
-        self.out.write(data)
+            owed += room.owed(self.out)
+        return owed
 
     def __repr__(self) -> str:
         return f"<Session {self.name}>"
@@ -306,7 +313,7 @@ class Room:
     def deliver_except(self, event: ev.Event, key: str) -> None:
         """Deliver ``event`` in order to every member but ``key`` (who already has it: a
         newcomer's own join, written in its join burst)."""
-        self.flush()
+        self.settle()
         rendered: dict[Renderer, bytes] = {}
         for k, member in self.members.items():
             if k == key:
@@ -364,12 +371,27 @@ class Room:
         finally:
             self._flushing = False
 
+    def settle(self) -> None:
+        """Flush, and finish any drain: every member has been written everything queued so
+        far. For writes to many members outside the batch (IRC's NICK and QUIT, a
+        cluster's join notices)."""
+        self.flush()
+        self._end_drain()
+
+    def owed(self, out: Output) -> bytes:
+        """Flush, and hand over what a drain still owes ``out`` (then counted as written):
+        the caller writes it before anything of its own for that member, so a line for one
+        member never overtakes the room's lines, and never waits for the whole room."""
+        self.flush()
+        drain = self._drain
+        return drain.take(out) if drain is not None else b""
+
     def _flush_once(self) -> None:
         if self._timer is not None:
             self._cancel_timer()
         events = self._pending
         presence_only = self._spoken == 0
-        if self._drain is not None and (not events or presence_only):
+        if self._drain is not None and events and presence_only:
             self._end_drain()  # the earlier batch reaches everyone before anything else
         folded = self._fold(events)
         if events:
@@ -379,8 +401,9 @@ class Room:
             outputs = self._outputs or self._build_outputs()
             speakers = _speakers(events)
             plan: list[tuple[Renderer, bytes, list[Output]]] | None = None
-            if presence_only and sum(len(outputs[p]) for p in outputs if p.shared) > FLUSH_SLICE:
-                plan = []  # a big room's joins and leaves: out in slices (_Drain)
+            early: set[Output] = set()  # the speakers, served before the drain
+            if sum(len(outputs[p]) for p in outputs if p.shared) > FLUSH_SLICE:
+                plan = []  # a big room: the speakers now, everyone else in slices (_Drain)
             for proto, members in self._targets.items():
                 if proto.shared:
                     data = proto.render_many(folded.events() if folded and proto.summarizes
@@ -388,19 +411,21 @@ class Room:
                     n = len(outputs[proto])  # counted per batch, never per delivery
                     STATS.deliveries += n
                     STATS.bytes_out += n * len(data)
-                    if plan is not None:
-                        plan.append((proto, data, outputs[proto]))
-                        continue
                     # This batch's speakers are served first, in the order they spoke: a
                     # typist sees their own line at once, and no member's place in the
                     # room decides who gets to speak next (a fixed order would favour the
-                    # same senders every time). Everyone else follows in the same pass.
+                    # same senders every time). Everyone else follows in the same pass, or
+                    # in slices over the next passes in a big room.
                     first = [members[k].out for k in speakers if k in members]
                     drain = self._drain
                     for out in first:
                         out.write(drain.take(out) + data if drain is not None else data)
                     if drain is not None:
                         self._end_drain()
+                    if plan is not None:
+                        plan.append((proto, data, outputs[proto]))
+                        early.update(first)
+                        continue
                     if first:
                         served = set(first)
                         for out in outputs[proto]:
@@ -416,7 +441,8 @@ class Room:
                         STATS.bytes_out += len(data)
                     STATS.deliveries += len(members)
             if plan:
-                self._drain = _Drain(plan)
+                self._end_drain()  # (a batch with no shared speaker left one running)
+                self._drain = _Drain(plan, early, not presence_only)
                 self._drain_step()
         if self._fresh:
             self._admit(events, folded)
@@ -533,8 +559,11 @@ class Room:
         everyone (a mass disconnect stays one batch per member).
         """
         unsent = self._unsent(session)
-        if unsent and not session.out.closed:
-            session.out.write(session.proto.render_for(session, unsent))
+        drain = self._drain
+        owed = drain.take(session.out) if drain is not None and drain.spoken else b""
+        if (unsent or owed) and not session.out.closed:
+            session.out.write(owed + (session.proto.render_for(session, unsent) if unsent
+                                      else b""))
         self._remove(session)
         if event is not None and self.members and not self._ordered:
             if isinstance(event, ev.Left | ev.Quit):
@@ -544,7 +573,7 @@ class Room:
 
     def _remove(self, session: Session) -> None:
         self._outputs = None
-        if self._drain is not None:  # a leaver need not hear the others' joins and leaves
+        if self._drain is not None:  # had its part (chat), or need not hear others' joins
             self._drain.served.add(session.out)
         self._membership += 1
         self.members.pop(session.key, None)
@@ -756,7 +785,7 @@ class Hub:
         they share (IRC's NICK and QUIT), after what those rooms already queued."""
         peers: dict[str, Session] = {}
         for room in session.rooms.values():
-            room.flush()
+            room.settle()
             peers.update(room.members)
         if include_self:
             peers[session.key] = session
