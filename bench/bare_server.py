@@ -11,7 +11,8 @@ figure is gevent and the kernel, whatever the chat does on top:
 * with ``--relay``, every chunk a client sends goes to every client as ``NAME: line``
   lines, one non-blocking ``send`` per client per chunk (a slow reader's bytes are simply
   dropped: a floor, not a server), for the per-line figures (``--clients 10 --senders 10
-  --window 8``).
+  --window 8``); ``--relay --batch`` gathers a loop pass's chunks and sends them once per
+  client at its end, as geventchat's fan-out does.
 
 Run: ``python bench/bare_server.py --port 9998 [--relay]`` (Ctrl-C stops it).
 """
@@ -23,11 +24,28 @@ import gc
 import resource
 import socket
 
+import gevent
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
 RELAY = False
+BATCH = False
 CLIENTS: dict[object, object] = {}  # gevent socket -> its raw socket (relay mode)
+PENDING: list[bytes] = []  # --batch: what this loop pass received, sent once at its end
+
+
+def _send_to_all(out: bytes) -> None:
+    for raw in list(CLIENTS.values()):
+        try:
+            raw.send(out)
+        except OSError:
+            pass
+
+
+def _flush_pending() -> None:
+    out = b"".join(PENDING)
+    PENDING.clear()
+    _send_to_all(out)
 
 
 def handle(sock, addr) -> None:
@@ -57,11 +75,12 @@ def handle(sock, addr) -> None:
                 buf = chunk
                 continue
             out = name + b": " + chunk.replace(b"\n", prefix) + b"\n"
-            for raw in list(CLIENTS.values()):
-                try:
-                    raw.send(out)
-                except OSError:
-                    pass
+            if not BATCH:
+                _send_to_all(out)
+                continue
+            if not PENDING:
+                gevent.get_hub().loop.run_callback(_flush_pending)
+            PENDING.append(out)
     finally:
         CLIENTS.pop(sock, None)
 
@@ -73,9 +92,11 @@ def main() -> None:
     parser.add_argument("--max-clients", type=int, default=20000)
     parser.add_argument("--relay", action="store_true",
                         help="send every line to every client (per-line floor)")
+    parser.add_argument("--batch", action="store_true",
+                        help="with --relay: one send per client per loop pass, as geventchat")
     args = parser.parse_args()
-    global RELAY
-    RELAY = args.relay
+    global RELAY, BATCH
+    RELAY, BATCH = args.relay, args.batch
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     gc.freeze()  # as geventchat's serve does
