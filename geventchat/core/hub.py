@@ -440,8 +440,7 @@ class Room:
                         member.out.write(data)
                         STATS.bytes_out += len(data)
                     STATS.deliveries += len(members)
-            if plan:
-                self._end_drain()  # (a batch with no shared speaker left one running)
+            if plan:  # (the loop above has ended any earlier drain)
                 self._drain = _Drain(plan, early, not presence_only)
                 self._drain_step()
         if self._fresh:
