@@ -507,10 +507,12 @@ def check_entry(hub: Hub, me: Session, room: Room, key: str = "") -> None:
 def check_speak(hub: Hub, me: Session, room: Room) -> None:
     """Who may say something in ``room``: members (anyone while ``-n``), not banned ones,
     and only voiced members and operators while ``+m``."""
-    if me.is_admin:
-        return
     m = room.modes
     member = room.key in me.rooms
+    if member and not m.bans and "m" not in m.flags:
+        return  # the per-line case: a member of an open room (the checks below agree)
+    if me.is_admin:
+        return
     if not member and "n" in m.flags:
         raise ChatError("cannot_send", f"cannot send to {room.name}: you are not in it",
                         room.name)

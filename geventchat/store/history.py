@@ -160,6 +160,19 @@ _NEWLINES = re.compile(b"\n")
 
 
 _quote = json.encoder.encode_basestring  # JSON string literal, UTF-8 kept as is
+#: Names and rooms as JSON literals: a handful of them say every line, so each is quoted
+#: once, not per record (bounded: a server that saw many names starts over).
+_QUOTED: dict[str, str] = {}
+_QUOTED_MAX = 4096
+
+
+def _quoted(value: str) -> str:
+    quoted = _QUOTED.get(value)
+    if quoted is None:
+        if len(_QUOTED) >= _QUOTED_MAX:
+            _QUOTED.clear()
+        quoted = _QUOTED[value] = _quote(value)
+    return quoted
 
 #: In the ``interval`` and ``never`` policies the writer lets appends gather this long
 #: before a round, so a busy room costs a few disk writes per second, not one per line.
@@ -208,8 +221,8 @@ def encode_record(event: StoredEvent, epoch: str | None = None) -> bytes:
     extra = f',"id":{event.id:d}' if event.id else ""
     if epoch is not None:
         extra = f'{extra},"epoch":"{epoch}"'
-    line = (f'{{"time":"{iso}","kind":"{kind}","name":{_quote(name)},'
-            f'"text":{_quote(text)},"room":{_quote(event.room)}{extra}}}\n')
+    line = (f'{{"time":"{iso}","kind":"{kind}","name":{_quoted(name)},'
+            f'"text":{_quote(text)},"room":{_quoted(event.room)}{extra}}}\n')
     # "replace": a lone surrogate (never produced by the UTF-8 decoder upstream) must not
     # turn into a line the loader would reject.
     return line.encode("utf-8", "replace")
