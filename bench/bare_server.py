@@ -12,7 +12,11 @@ figure is gevent and the kernel, whatever the chat does on top:
   lines, one non-blocking ``send`` per client per chunk (a slow reader's bytes are simply
   dropped: a floor, not a server), for the per-line figures (``--clients 10 --senders 10
   --window 8``); ``--relay --batch`` gathers a loop pass's chunks and sends them once per
-  client at its end, as geventchat's fan-out does.
+  client at its end, as geventchat's fan-out does;
+* ``--callbacks`` (storms only) drops the greenlet per client: the event loop calls back on
+  a readable socket, which is read, answered and then watched until EOF in the loop's own
+  greenlet. No ``StreamServer``, no pool: the floor of a callback design on gevent's loop,
+  for comparing designs rather than a way to build a chat server.
 
 Run: ``python bench/bare_server.py --port 9998 [--relay]`` (Ctrl-C stops it).
 """
@@ -85,6 +89,62 @@ def handle(sock, addr) -> None:
         CLIENTS.pop(sock, None)
 
 
+def serve_callbacks(host: str, port: int) -> None:
+    """``--callbacks``: accept and answer clients from I/O watcher callbacks, no greenlets."""
+    loop = gevent.get_hub().loop
+    listener = socket.create_server((host, port), backlog=4096)
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    listener.setblocking(False)
+    clients: dict[int, list] = {}  # fd -> [socket, watcher, bytes read before the name]
+
+    def on_accept() -> None:
+        for _ in range(25):  # geventchat's ACCEPT_BATCH
+            try:
+                sock, _ = listener.accept()
+            except BlockingIOError:
+                return
+            sock.setblocking(False)
+            state = [sock, loop.io(sock.fileno(), 1), b""]
+            clients[sock.fileno()] = state
+            state[1].start(on_read, state)
+
+    def on_read(state: list) -> None:
+        sock, watcher, buf = state
+        try:
+            data = sock.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            watcher.stop()
+            watcher.close()
+            clients.pop(sock.fileno(), None)
+            sock.close()
+            return
+        if buf is None:
+            return  # registered: what it says now is ignored
+        buf += data
+        if b"\n" not in buf:
+            state[2] = buf
+            return
+        name = buf.partition(b"\n")[0].strip()
+        state[2] = None
+        try:
+            sock.send(b"? name:\n* " + name + b" joined\n")
+        except OSError:
+            pass
+
+    accepting = loop.io(listener.fileno(), 1)
+    accepting.start(on_accept)
+    print(f"bare gevent server (callbacks) on {host}:{listener.getsockname()[1]}", flush=True)
+    try:
+        while True:
+            gevent.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -94,12 +154,17 @@ def main() -> None:
                         help="send every line to every client (per-line floor)")
     parser.add_argument("--batch", action="store_true",
                         help="with --relay: one send per client per loop pass, as geventchat")
+    parser.add_argument("--callbacks", action="store_true",
+                        help="storms only: no greenlet per client, I/O watcher callbacks")
     args = parser.parse_args()
     global RELAY, BATCH
     RELAY, BATCH = args.relay, args.batch
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     gc.freeze()  # as geventchat's serve does
+    if args.callbacks:
+        serve_callbacks(args.host, args.port)
+        return
     server = StreamServer((args.host, args.port), handle, spawn=Pool(args.max_clients),
                           backlog=4096)
     server.max_accept = 25  # geventchat's ACCEPT_BATCH

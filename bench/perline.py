@@ -8,7 +8,9 @@ script takes the same path apart so that a change can be judged stage by stage: 
 (bytes to lines), parse (a line to a command), say (rights, the event, history append,
 queueing for delivery), render (once per batch), fan-out (one write per member per batch:
 here a no-op, so what is left is Python's own cost), the history writer's batch, and, for
-scale, what one small ``send`` and one ``recv`` cost the kernel on a loopback TCP pair.
+scale, what one small ``send`` and one ``recv`` cost the kernel on a loopback TCP pair;
+then the essentials alone (the event, its history record, its render), the part no
+rearrangement of the path can remove.
 Figures are CPU time per line of the server's thread (``time.thread_time``; the history
 writer's threadpool apart), median of ``--runs``.
 """
@@ -27,8 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import gevent  # noqa: E402
 from geventchat.core.broker import LocalBroker  # noqa: E402
+from geventchat.core.events import LOBBY_NAME, Message  # noqa: E402
 from geventchat.core.hub import Hub, Session  # noqa: E402
-from geventchat.store.history import History, HistoryShelf  # noqa: E402
+from geventchat.store.history import History, HistoryShelf, encode_record  # noqa: E402
 from geventchat.wire.native import NATIVE, LineDecoder, parse  # noqa: E402
 from geventchat.wire.native_commands import dispatch  # noqa: E402
 
@@ -149,7 +152,42 @@ def measure(members: int, batch: int, lines: int, runs: int, tmp: Path) -> dict[
                      - (time.thread_time() - start_thread))
     result["history writer threads (write, fsync, compaction)"] = other_threads / handled * 1e6
     result.update(_kernel(batch))
+    result.update(_essentials(texts, lines, runs))
     return result
+
+
+def _essentials(texts: list[str], lines: int, runs: int) -> dict[str, float]:
+    """What every stored line costs in any design that keeps this history and wire format:
+    its event, its history record, its share of a batch's render. At N=10 a server that
+    matches Redis's deliveries/s has about 3 us of chat work per line (its 6.6 us per line
+    less the 0.35 us per delivery of a batched bare relay, ``bare_server.py``); this is the
+    part of those 3 us that no reorganisation of the path can save."""
+    batch = len(texts)
+
+    def make(rounds: int) -> int:
+        for _ in range(rounds):
+            for t in texts:
+                Message("user0", t, LOBBY_NAME)
+        return rounds * batch
+
+    made = [Message("user0", t, LOBBY_NAME, id=i + 1) for i, t in enumerate(texts)]
+
+    def encode(rounds: int) -> int:
+        for _ in range(rounds):
+            for e in made:
+                encode_record(e)
+        return rounds * batch
+
+    def render(rounds: int) -> int:
+        for _ in range(rounds):
+            NATIVE.render_many(made)
+        return rounds * batch
+
+    return {
+        "essential: build the event": _timed(make, lines, runs),
+        "essential: its history record": _timed(encode, lines, runs),
+        "essential: its render (per batch, per line)": _timed(render, lines, runs),
+    }
 
 
 def _kernel(batch: int) -> dict[str, float]:
@@ -180,12 +218,20 @@ def main() -> None:
         result = measure(args.members, args.batch, args.lines, args.runs, Path(tmp))
     print(f"per-line path, {args.members} members, batches of {args.batch} lines, "
           f"CPU us per line (median of {args.runs}):")
-    total = 0.0
+    total = essential = 0.0
     for name, us in result.items():
+        if name.startswith("essential"):
+            essential += us
+            continue
         if not name.startswith("kernel"):
             total += us
         print(f"  {name:55s} {us:7.2f}")
     print(f"  {'Python total (without the kernel)':55s} {total:7.2f}")
+    print("of which what any design pays per stored line (no checks, no queues, no calls):")
+    for name, us in result.items():
+        if name.startswith("essential"):
+            print(f"  {name.removeprefix('essential: '):55s} {us:7.2f}")
+    print(f"  {'essentials together':55s} {essential:7.2f}")
 
 
 if __name__ == "__main__":

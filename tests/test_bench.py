@@ -9,6 +9,7 @@ correctness test that fails on a slow day teaches people to ignore it.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -154,3 +155,38 @@ def test_compare_without_redis_server_skips_redis() -> None:
     assert r["redis"] is None and r["ratios"] is None
     assert "not found" in r["redis_skipped"] and "not found" in proc.stderr
     assert_exactly_once(r["geventchat"], 5)
+
+
+@pytest.mark.parametrize("mode", [[], ["--callbacks"], ["--relay", "--batch"]])
+def test_bare_server_answers_the_handshake_as_geventchat(mode: list[str]) -> None:
+    """The floor script stands in for geventchat in the bench's storms: it must answer an
+    eager client exactly as geventchat's first lines do, whichever design it runs."""
+    import socket
+
+    from tests.helpers import read_until
+
+    proc = subprocess.Popen([sys.executable, str(BENCH / "bare_server.py"), "--port", "0",
+                             *mode], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        banner = proc.stdout.readline()  # printed once listening (pytest-timeout bounds it)
+        port = int(re.search(r":(\d+)$", banner.strip()).group(1))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"bob\n")
+            assert read_until(sock, b"joined\n") == b"? name:\n* bob joined\n"
+            if "--relay" in mode:
+                sock.sendall(b"hello\n")
+                assert read_until(sock, b"hello\n") == b"bob: hello\n"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_perline_reports_every_stage_and_the_essentials() -> None:
+    proc = subprocess.run([sys.executable, str(BENCH / "perline.py"), "--lines", "400",
+                           "--runs", "1"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr
+    figures = dict(re.findall(r"^  (.+?)\s+(\d+\.\d\d)$", proc.stdout, re.M))
+    for stage in ("decode", "parse", "Python total (without the kernel)",
+                  "build the event", "its history record", "essentials together"):
+        assert float(figures[stage]) > 0, proc.stdout
