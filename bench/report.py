@@ -469,7 +469,9 @@ def compare_table(ours: dict[str, Any], theirs: dict[str, Any]) -> list[str]:
 def compare_summary(result: dict[str, Any]) -> str:
     """Both runs side by side, the headline ratios, then each run's warnings and problems."""
     ours, theirs = result["geventchat"], result["redis"]
-    lines = [f"geventchat vs Redis pub/sub, one run: {load_label(ours)}"]
+    runs = ours.get("runs", 1)
+    how = "one run each" if runs == 1 else f"median of {runs} runs each"
+    lines = [f"geventchat vs Redis pub/sub, {how}: {load_label(ours)}"]
     if theirs is None:
         lines += [f"  Redis skipped: {result['redis_skipped']}", "", human_summary(ours)]
         return "\n".join(lines)
@@ -483,6 +485,10 @@ def compare_summary(result: dict[str, Any]) -> str:
         f"{_fmt(ratio['delivery_p50_ms'], 'x', 2)}, p99 "
         f"{_fmt(ratio['delivery_p99_ms'], 'x', 2)} (above 1: geventchat slower)",
     ]
+    if runs > 1:  # the spread behind each median
+        for r in (ours, theirs):
+            each = ", ".join(f"{x:,.0f}" for x in r["deliveries_per_s_all"])
+            lines.append(f"  runs         {target_label(r)} deliveries/s: {each}")
     for r in (ours, theirs):
         lines += [f"  warning      {target_label(r)}: {w}" for w in r["warnings"]]
     if result["problems"]:

@@ -190,3 +190,15 @@ def test_perline_reports_every_stage_and_the_essentials() -> None:
     for stage in ("decode", "parse", "Python total (without the kernel)",
                   "build the event", "its history record", "essentials together"):
         assert float(figures[stage]) > 0, proc.stdout
+
+
+@needs_redis
+def test_compare_with_runs_says_medians_and_shows_each_run() -> None:
+    cmd = [sys.executable, str(BENCH / "loadtest.py"), "--no-progress", "--compare", "redis",
+           "--runs", "2", "--clients", "4", "--senders", "1", "--duration", "0.4"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr
+    assert "geventchat vs Redis pub/sub, median of 2 runs each:" in proc.stdout
+    each = re.findall(r"^  runs +(geventchat|Redis[^:]*) deliveries/s: ([\d,]+), ([\d,]+)$",
+                      proc.stdout, re.M)
+    assert [who.split()[0] for who, *_ in each] == ["geventchat", "Redis"], proc.stdout
