@@ -297,3 +297,47 @@ def test_a_private_line_mid_drain_comes_after_the_drained_batch(monkeypatch) -> 
     target = sessions[-1]
     target.send(ev.Notice("just for you"))
     assert _lines(target) == ["* late joined", "* just for you"]
+
+
+def _arrivals(monkeypatch, count: int):
+    """A crowd of 45 (slices of 10), then ``count`` newcomers in one batch; each
+    newcomer's own join burst, as written at once."""
+    from tests.test_seams import user
+
+    hub, room, sessions = _crowd(monkeypatch, 45)
+    newcomers, bursts = [], {}
+    for i in range(count):
+        n = user(hub, f"new{i}")
+        hub.join(n, room)
+        newcomers.append(n)
+        bursts[n.name] = _lines(n)
+    return hub, room, sessions, newcomers, bursts
+
+
+def test_newcomers_tails_go_out_in_the_drains_slices(monkeypatch) -> None:
+    """A storm's newcomers each need the joins after their own: in a big room those
+    writes join the batch's drain instead of all going out in the flush's pass."""
+    hub, room, sessions, newcomers, bursts = _arrivals(monkeypatch, 15)
+    room.flush()
+    assert all(_lines(n) == bursts[n.name] for n in newcomers), "no tail in this pass"
+    assert sum(bool(_lines(s)) for s in sessions) == 10, "the first slice only"
+    _drained(room)
+    joins = [f"* {n.name} joined" for n in newcomers]
+    for i, n in enumerate(newcomers):
+        assert _lines(n) == bursts[n.name] + joins[i + 1:], n.name
+    assert all(_lines(s) == joins for s in sessions)
+
+
+def test_a_line_mid_drain_reaches_newcomers_after_their_tails(monkeypatch) -> None:
+    hub, room, sessions, newcomers, bursts = _arrivals(monkeypatch, 15)
+    room.flush()
+    joins = [f"* {n.name} joined" for n in newcomers]
+    talker = newcomers[3]  # a newcomer whose tail is still owed speaks first
+    actions.say(hub, talker, room, "hi all")
+    room.flush()
+    line = f"{talker.name}: hi all"
+    assert _lines(talker) == bursts[talker.name] + joins[4:] + [line], "tail, then echo"
+    _drained(room)
+    for i, n in enumerate(newcomers):
+        assert _lines(n) == bursts[n.name] + joins[i + 1:] + [line], n.name
+    assert all(_lines(s) == joins + [line] for s in sessions)
