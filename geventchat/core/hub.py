@@ -88,11 +88,7 @@ class _Drain:
         self._owner: dict[Output, bytes] | None = None  # built only if someone asks
 
     def step(self, limit: int | None) -> bool:
-        """Write to up to ``limit`` more members (None: all of them); True when done.
-
-        Counted, not timed: a slice cut by a clock leaves more for the next batch, which
-        finishes the drain in one go (measured: 100-200 ms passes in a storm with a
-        chatter, against 30-40 ms with slices of 1,000)."""
+        """Write to up to ``limit`` more members (None: all of them); True when done."""
         served = self.served
         count = 0
         for out, data in self.todo:
@@ -103,12 +99,6 @@ class _Drain:
                 if limit is not None and count >= limit:
                     return False
         return True
-
-    def add(self, proto: Renderer, data: bytes, out: Output) -> None:
-        """One member's own bytes (a newcomer's tail), written in its turn after those
-        already planned; the slices pick it up, since ``todo`` walks ``plan`` as it grows."""
-        self.plan.append((proto, data, [out]))
-        self._owner = None
 
     def take(self, out: Output) -> bytes:
         """This member's part of the drain if it has not had it (it then counts as
@@ -504,27 +494,19 @@ class Room:
         # A crowd joining in one batch: newcomer i gets the events after its own join, so
         # rendering each tail would cost O(crowd^2) renders. With a shared renderer each
         # event is rendered once and every tail is a join of those bytes.
-        # In a big room the shared renderers' tails join the batch's drain: a storm's
-        # newcomers are hundreds of writes per flush, which go out in its slices rather
-        # than in one pass (measured: loop passes of 30-60 ms became 30-40 ms).
-        drain = self._drain
         lines: dict[Renderer, list[bytes]] = {}
         for key, (session, skip) in fresh.items():
             if len(events) > skip:
                 proto = session.proto
                 if folded is not None and proto.summarizes:
-                    data = proto.render_many(folded.tail(skip))
+                    session.out.write(proto.render_many(folded.tail(skip)))
                 elif proto.shared and len(fresh) > 1:
                     rendered = lines.get(proto)
                     if rendered is None:
                         rendered = lines[proto] = [proto.render(e) for e in events]
-                    data = b"".join(rendered[skip:])
+                    session.out.write(b"".join(rendered[skip:]))
                 else:
-                    data = proto.render_for(session, events[skip:])
-                if drain is not None and proto.shared:  # (per-member renderers are
-                    drain.add(proto, data, session.out)  # written outside any drain)
-                else:
-                    session.out.write(data)
+                    session.out.write(proto.render_for(session, events[skip:]))
             self._targets.setdefault(session.proto, {})[key] = session
 
     def _unsent(self, session: Session) -> list[ev.Event]:
