@@ -297,3 +297,29 @@ def test_a_private_line_mid_drain_comes_after_the_drained_batch(monkeypatch) -> 
     target = sessions[-1]
     target.send(ev.Notice("just for you"))
     assert _lines(target) == ["* late joined", "* just for you"]
+
+
+def test_a_line_mid_drain_reaches_newcomers_after_their_tails(monkeypatch) -> None:
+    """A storm's newcomers each get the joins after their own (their tail), then what is
+    said next, even while the batch is still going out in slices; a newcomer who speaks
+    gets its tail before its own echo."""
+    from tests.test_seams import user
+
+    hub, room, sessions = _crowd(monkeypatch, 45)
+    newcomers, bursts = [], {}
+    for i in range(15):
+        n = user(hub, f"new{i}")
+        hub.join(n, room)
+        newcomers.append(n)
+        bursts[n.name] = _lines(n)  # its own join burst, written at once
+    room.flush()
+    joins = [f"* {n.name} joined" for n in newcomers]
+    talker = newcomers[3]
+    actions.say(hub, talker, room, "hi all")
+    room.flush()
+    line = f"{talker.name}: hi all"
+    assert _lines(talker) == bursts[talker.name] + joins[4:] + [line], "tail, then echo"
+    _drained(room)
+    for i, n in enumerate(newcomers):
+        assert _lines(n) == bursts[n.name] + joins[i + 1:] + [line], n.name
+    assert all(_lines(s) == joins + [line] for s in sessions)
