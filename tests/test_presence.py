@@ -323,3 +323,25 @@ def test_a_line_mid_drain_reaches_newcomers_after_their_tails(monkeypatch) -> No
     for i, n in enumerate(newcomers):
         assert _lines(n) == bursts[n.name] + joins[i + 1:] + [line], n.name
     assert all(_lines(s) == joins + [line] for s in sessions)
+
+
+def test_a_later_batch_joins_the_drain_one_write_per_member(monkeypatch) -> None:
+    """A batch said while the last one drains does not finish it in one pass: a member
+    still owed the first gets both in one write when its turn comes."""
+    from tests.test_seams import user
+
+    hub, room, sessions = _crowd(monkeypatch, 45)
+    hub.join(user(hub, "late"), room)
+    room.flush()  # the first slice (10) now, the rest in later passes
+    writes = {s.name: 0 for s in sessions}
+    for s in sessions:
+        s.out.on_write = (lambda who: lambda: writes.__setitem__(who, writes[who] + 1))(s.name)
+    actions.say(hub, sessions[0], room, "meanwhile")
+    room.flush()
+    assert sum(bool(_lines(s)) for s in sessions) <= 1 + 10 + 10, "no pass writes to all"
+    _drained(room)
+    last = sessions[-1]
+    assert _lines(last) == ["* late joined", f"{sessions[0].name}: meanwhile"]
+    assert writes[last.name] == 1, "both batches in one write"
+    assert all(_lines(s) == ["* late joined", f"{sessions[0].name}: meanwhile"]
+               for s in sessions)
