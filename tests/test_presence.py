@@ -345,3 +345,21 @@ def test_a_later_batch_joins_the_drain_one_write_per_member(monkeypatch) -> None
     assert writes[last.name] == 1, "both batches in one write"
     assert all(_lines(s) == ["* late joined", f"{sessions[0].name}: meanwhile"]
                for s in sessions)
+
+
+def test_a_drain_far_behind_is_written_out_before_the_next_batch(monkeypatch) -> None:
+    """Past FAR_BEHIND_BYTES a drain stops growing: the next batch first writes out
+    everything owed (its memory is bounded), and order is kept."""
+    from geventchat.core import hub as hub_module
+    from tests.test_seams import user
+
+    hub, room, sessions = _crowd(monkeypatch, 45)
+    monkeypatch.setattr(hub_module, "FAR_BEHIND_BYTES", 1)
+    hub.join(user(hub, "late"), room)
+    room.flush()  # the first slice now; the drain owes the other 35
+    assert room._drain is not None and room._drain.owed > 1
+    actions.say(hub, sessions[0], room, "next")
+    room.flush()
+    assert all(_lines(s)[:1] == ["* late joined"] for s in sessions), "written out"
+    _drained(room)
+    assert all(_lines(s) == ["* late joined", f"{sessions[0].name}: next"] for s in sessions)

@@ -64,6 +64,10 @@ SLICE_BUDGET = 0.005
 #: A drain owing more than this many bytes is behind (steady load into a big room): its
 #: slices then go by count alone, or it would fall further behind with every batch.
 BEHIND_BYTES = 4 << 20
+#: A drain owing more than this is far behind (more load than the server can write):
+#: the next batch first writes everything owed, as if there were no drain. Each member's
+#: part is its own copy once batches join it, so this bounds the drain's memory.
+FAR_BEHIND_BYTES = 32 << 20
 
 _SPOKEN = (ev.Message, ev.Action)
 _NO_EXTRA: Mapping[str, object] = MappingProxyType({})
@@ -445,6 +449,9 @@ class Room:
                     for out in first:
                         out.write(drain.take(out) + data if drain is not None else data)
                     if big:
+                        if drain is not None and drain.owed > FAR_BEHIND_BYTES:
+                            self._end_drain()
+                            drain = None
                         if drain is None:
                             drain = self._drain = _Drain()
                         drain.add(outputs[proto], data, first)
