@@ -121,7 +121,8 @@ def test_who_and_rooms_see_every_node(cluster) -> None:
     bob.expect("* online (2): alice, bob")
     bob.send("/join dev")
     bob.expect("* bob joined")
-    alice.send("/rooms")
+    alice.expect("* bob left (to dev)")  # node a has heard of the move (bob's own echo
+    alice.send("/rooms")                 # comes from node b, which knew it first)
     alice.expect("* rooms (2): lobby (1), dev (1)")
 
 
